@@ -1,0 +1,533 @@
+//! Decides each user's status from its legacy row and its Auth0 profile (DESIGN.md,
+//! "classification"), with the equality rules that keep Auth0's own behaviour from looking like
+//! drift: case-insensitive emails, NULL = absent = "", Auth0-generated defaults, and metadata
+//! compared only on the first-level keys the legacy side has.
+
+use std::fmt;
+
+use serde::Serialize;
+use serde_json::{Map, Value as Json};
+
+use crate::export::Auth0User;
+use crate::profile::{Field, Kind, LegacyView, Profile, Value};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    InSync,
+    Stranded,
+    Auth0Ahead,
+    Conflict,
+    StaleCache,
+    NotMigrated,
+    Orphaned,
+}
+
+impl Status {
+    pub const ALL: [Status; 7] = [
+        Status::InSync,
+        Status::Stranded,
+        Status::Auth0Ahead,
+        Status::Conflict,
+        Status::StaleCache,
+        Status::NotMigrated,
+        Status::Orphaned,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::InSync => "in_sync",
+            Status::Stranded => "stranded",
+            Status::Auth0Ahead => "auth0_ahead",
+            Status::Conflict => "conflict",
+            Status::StaleCache => "stale_cache",
+            Status::NotMigrated => "not_migrated",
+            Status::Orphaned => "orphaned",
+        }
+    }
+
+    /// Statuses that leave work for someone: the run exits 2 while any remain un-pushed.
+    pub fn needs_action(self) -> bool {
+        matches!(self, Status::Stranded | Status::Conflict | Status::Orphaned)
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Which rule decided the direction of a difference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// Compared with the last value both sides agreed on.
+    Baseline,
+    /// The legacy `updated_at` against the Auth0 `created_at` (the migration moment).
+    Timestamp,
+    /// Nothing to go by: the legacy side is assumed to have changed.
+    Assumed,
+}
+
+/// One differing field, with both values as they appear in the report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FieldDiff {
+    pub field: Field,
+    pub legacy: Json,
+    pub auth0: Json,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    pub status: Status,
+    pub origin: Option<Origin>,
+    pub diffs: Vec<FieldDiff>,
+}
+
+impl Verdict {
+    fn plain(status: Status) -> Verdict {
+        Verdict {
+            status,
+            origin: None,
+            diffs: Vec::new(),
+        }
+    }
+}
+
+/// Classifies one user id; at least one side is present.
+pub fn classify(
+    fields: &[Field],
+    legacy: Option<&LegacyView<'_>>,
+    auth0: Option<&Auth0User<'_>>,
+) -> Verdict {
+    let (legacy, auth0) = match (legacy, auth0) {
+        (Some(legacy), Some(auth0)) => (legacy, auth0),
+        (Some(_), None) => return Verdict::plain(Status::NotMigrated),
+        (None, Some(auth0)) if auth0.migrated => return Verdict::plain(Status::Orphaned),
+        (None, _) => return Verdict::plain(Status::StaleCache),
+    };
+    let diffs: Vec<FieldDiff> = fields
+        .iter()
+        .filter_map(|&field| diff(field, &legacy.profile, &auth0.profile))
+        .collect();
+    if diffs.is_empty() {
+        return Verdict::plain(Status::InSync);
+    }
+    let (status, origin) = if !auth0.migrated {
+        (Status::StaleCache, None)
+    } else {
+        match (legacy.updated_at, auth0.created_at) {
+            (Some(changed), Some(migrated)) if changed > migrated => {
+                (Status::Stranded, Some(Origin::Timestamp))
+            }
+            (Some(_), Some(_)) => (Status::Auth0Ahead, Some(Origin::Timestamp)),
+            _ => (Status::Stranded, Some(Origin::Assumed)),
+        }
+    };
+    Verdict {
+        status,
+        origin,
+        diffs,
+    }
+}
+
+/// Compares one field; `None` when the two sides count as equal.
+pub fn diff(field: Field, legacy: &Profile<'_>, auth0: &Profile<'_>) -> Option<FieldDiff> {
+    match field.kind() {
+        Kind::Text => {
+            let legacy_text = non_empty(legacy.text(field));
+            let auth0_text = non_empty(auth0.text(field));
+            let equal = match (legacy_text, auth0_text) {
+                (None, None) => true,
+                (None, Some(generated)) => is_generated_default(field, generated, legacy, auth0),
+                (Some(_), None) => false,
+                (Some(l), Some(a)) if field == Field::Email => emails_equal(l, a),
+                (Some(l), Some(a)) => l == a,
+            };
+            (!equal).then(|| FieldDiff {
+                field,
+                legacy: legacy_text.map_or(Json::Null, |text| Json::String(text.to_owned())),
+                auth0: auth0_text.map_or(Json::Null, |text| Json::String(text.to_owned())),
+            })
+        }
+        Kind::Bool => {
+            // Auth0 omits `blocked` unless true and defaults `email_verified` to false, so a
+            // missing value on either side means false.
+            let legacy_value = boolean(legacy.get(field));
+            let auth0_value = boolean(auth0.get(field));
+            (legacy_value.unwrap_or(false) != auth0_value.unwrap_or(false)).then(|| FieldDiff {
+                field,
+                legacy: legacy_value.map_or(Json::Null, Json::Bool),
+                auth0: auth0_value.map_or(Json::Null, Json::Bool),
+            })
+        }
+        Kind::Object => metadata_diff(field, legacy.get(field), auth0.get(field)),
+    }
+}
+
+fn non_empty(text: Option<&str>) -> Option<&str> {
+    text.filter(|text| !text.is_empty())
+}
+
+fn boolean(value: Option<&Value<'_>>) -> Option<bool> {
+    match value {
+        Some(Value::Bool(value)) => Some(*value),
+        _ => None,
+    }
+}
+
+pub fn emails_equal(a: &str, b: &str) -> bool {
+    a.eq_ignore_ascii_case(b) || (!a.is_ascii() && a.to_lowercase() == b.to_lowercase())
+}
+
+/// Whether an Auth0 value is what Auth0 generates when the Login script returns none, given
+/// the email of either side (the email may have changed since the value was generated).
+fn is_generated_default(
+    field: Field,
+    value: &str,
+    legacy: &Profile<'_>,
+    auth0: &Profile<'_>,
+) -> bool {
+    let emails = [legacy.text(Field::Email), auth0.text(Field::Email)];
+    let mut emails = emails
+        .into_iter()
+        .flatten()
+        .filter(|email| !email.is_empty());
+    match field {
+        Field::Name => emails.any(|email| emails_equal(email, value)),
+        Field::Nickname => emails.any(|email| {
+            let local = email.split_once('@').map_or(email, |(local, _)| local);
+            emails_equal(local, value)
+        }),
+        Field::Picture => is_generated_picture(value),
+        _ => false,
+    }
+}
+
+/// Gravatar (Auth0's default picture) or its initials fallback on Auth0's CDN.
+fn is_generated_picture(url: &str) -> bool {
+    let Some(rest) = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    [
+        "s.gravatar.com/avatar/",
+        "secure.gravatar.com/avatar/",
+        "www.gravatar.com/avatar/",
+        "gravatar.com/avatar/",
+        "cdn.auth0.com/avatars/",
+    ]
+    .iter()
+    .any(|prefix| rest.starts_with(prefix))
+}
+
+/// Compares the first-level keys the legacy object has; keys only Auth0 has are Auth0's own.
+fn metadata_diff(
+    field: Field,
+    legacy: Option<&Value<'_>>,
+    auth0: Option<&Value<'_>>,
+) -> Option<FieldDiff> {
+    let legacy = object(legacy);
+    if legacy.is_empty() {
+        return None;
+    }
+    let auth0 = object(auth0);
+    let mut legacy_differing = Map::new();
+    let mut auth0_differing = Map::new();
+    for (key, legacy_value) in legacy {
+        let auth0_value = auth0.get(&key).cloned().unwrap_or(Json::Null);
+        if !json_equal(&legacy_value, &auth0_value) {
+            auth0_differing.insert(key.clone(), auth0_value);
+            legacy_differing.insert(key, legacy_value);
+        }
+    }
+    (!legacy_differing.is_empty()).then_some(FieldDiff {
+        field,
+        legacy: Json::Object(legacy_differing),
+        auth0: Json::Object(auth0_differing),
+    })
+}
+
+fn object(value: Option<&Value<'_>>) -> Map<String, Json> {
+    match value {
+        // Both readers only store text that starts as an object; anything unparsable counts
+        // as no keys rather than inventing a difference.
+        Some(Value::Object(text)) => serde_json::from_str(text).unwrap_or_default(),
+        _ => Map::new(),
+    }
+}
+
+/// JSON equality where numbers compare by value (`1` = `1.0`).
+fn json_equal(a: &Json, b: &Json) -> bool {
+    match (a, b) {
+        (Json::Number(x), Json::Number(y)) => match (x.as_i64(), y.as_i64()) {
+            (Some(x), Some(y)) => x == y,
+            _ => x.as_f64() == y.as_f64(),
+        },
+        (Json::Array(x), Json::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| json_equal(x, y))
+        }
+        (Json::Object(x), Json::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(key, value)| y.get(key).is_some_and(|other| json_equal(value, other)))
+        }
+        _ => a == b,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::borrow::Cow;
+
+    fn profile(values: &[(Field, Value<'static>)]) -> Profile<'static> {
+        let mut profile = Profile::default();
+        for (field, value) in values {
+            profile.set(*field, Some(value.clone()));
+        }
+        profile
+    }
+
+    fn text(value: &'static str) -> Value<'static> {
+        Value::Text(Cow::Borrowed(value))
+    }
+
+    fn obj(value: &'static str) -> Value<'static> {
+        Value::Object(Cow::Borrowed(value))
+    }
+
+    fn differs(
+        field: Field,
+        legacy: &[(Field, Value<'static>)],
+        auth0: &[(Field, Value<'static>)],
+    ) -> bool {
+        diff(field, &profile(legacy), &profile(auth0)).is_some()
+    }
+
+    #[test]
+    fn emails_compare_case_insensitively() {
+        let e = Field::Email;
+        assert!(!differs(
+            e,
+            &[(e, text("Pat@Example.ORG"))],
+            &[(e, text("pat@example.org"))]
+        ));
+        assert!(!differs(
+            e,
+            &[(e, text("ÄNNE@x.io"))],
+            &[(e, text("änne@x.io"))]
+        ));
+        assert!(differs(
+            e,
+            &[(e, text("pat@example.org"))],
+            &[(e, text("pat2@example.org"))]
+        ));
+    }
+
+    #[test]
+    fn null_absent_and_empty_are_equal() {
+        let f = Field::GivenName;
+        assert!(!differs(f, &[], &[]));
+        assert!(!differs(f, &[(f, text(""))], &[]));
+        assert!(!differs(f, &[], &[(f, text(""))]));
+        assert!(differs(f, &[], &[(f, text("Pat"))]));
+        assert!(differs(f, &[(f, text("Pat"))], &[]));
+        assert!(differs(f, &[(f, text("Pat"))], &[(f, text("pat"))]));
+    }
+
+    #[test]
+    fn generated_defaults_are_not_drift() {
+        let email = (Field::Email, text("sam.k@example.org"));
+        let n = Field::Name;
+        assert!(!differs(
+            n,
+            std::slice::from_ref(&email),
+            &[email.clone(), (n, text("sam.k@example.org"))]
+        ));
+        assert!(differs(
+            n,
+            std::slice::from_ref(&email),
+            &[email.clone(), (n, text("Sam K"))]
+        ));
+        let nick = Field::Nickname;
+        assert!(!differs(
+            nick,
+            std::slice::from_ref(&email),
+            &[email.clone(), (nick, text("sam.k"))]
+        ));
+        assert!(differs(
+            nick,
+            std::slice::from_ref(&email),
+            &[email.clone(), (nick, text("sammy"))]
+        ));
+        // The email changed in legacy after Auth0 generated the name from the old one.
+        assert!(!differs(
+            n,
+            &[(Field::Email, text("new@example.org"))],
+            &[
+                (Field::Email, text("old@example.org")),
+                (n, text("old@example.org"))
+            ]
+        ));
+        let p = Field::Picture;
+        for generated in [
+            "https://s.gravatar.com/avatar/9b0a?s=480&r=pg&d=https%3A%2F%2Fcdn.auth0.com%2Favatars%2Fpl.png",
+            "https://cdn.auth0.com/avatars/pl.png",
+        ] {
+            assert!(!differs(
+                p,
+                &[],
+                &[(p, Value::Text(Cow::Owned(generated.into())))]
+            ));
+        }
+        assert!(differs(
+            p,
+            &[],
+            &[(p, text("https://img.example.org/pat.png"))]
+        ));
+        // A generated default only excuses a NULL: a real legacy value must match.
+        assert!(differs(
+            p,
+            &[(p, text("https://img.example.org/pat.png"))],
+            &[(p, text("https://cdn.auth0.com/avatars/pl.png"))]
+        ));
+    }
+
+    #[test]
+    fn booleans_treat_missing_as_false() {
+        let b = Field::Blocked;
+        assert!(!differs(b, &[(b, Value::Bool(false))], &[]));
+        assert!(!differs(b, &[], &[]));
+        assert!(differs(b, &[(b, Value::Bool(true))], &[]));
+        let v = Field::EmailVerified;
+        assert!(differs(
+            v,
+            &[(v, Value::Bool(false))],
+            &[(v, Value::Bool(true))]
+        ));
+    }
+
+    #[test]
+    fn metadata_compares_only_the_legacy_keys() {
+        let m = Field::UserMetadata;
+        assert!(!differs(
+            m,
+            &[(m, obj(r#"{"lang":"en"}"#))],
+            &[(m, obj(r#"{"lang":"en","theme":"dark"}"#))]
+        ));
+        assert!(!differs(
+            m,
+            &[(m, obj(r#"{"n":1}"#))],
+            &[(m, obj(r#"{"n":1.0}"#))]
+        ));
+        assert!(!differs(m, &[(m, obj(r#"{"gone":null}"#))], &[]));
+        assert!(!differs(m, &[], &[(m, obj(r#"{"lang":"en"}"#))]));
+        let found = diff(
+            m,
+            &profile(&[(m, obj(r#"{"lang":"de","tier":{"a":[1,2]},"same":true}"#))]),
+            &profile(&[(
+                m,
+                obj(r#"{"lang":"en","tier":{"a":[1,3]},"same":true,"x":1}"#),
+            )]),
+        )
+        .unwrap();
+        assert_eq!(
+            found.legacy,
+            serde_json::json!({"lang":"de","tier":{"a":[1,2]}})
+        );
+        assert_eq!(
+            found.auth0,
+            serde_json::json!({"lang":"en","tier":{"a":[1,3]}})
+        );
+    }
+
+    fn legacy(updated_at: Option<i64>, values: &[(Field, Value<'static>)]) -> LegacyView<'static> {
+        LegacyView {
+            profile: profile(values),
+            updated_at,
+        }
+    }
+
+    fn auth0(
+        migrated: bool,
+        created_at: Option<i64>,
+        values: &[(Field, Value<'static>)],
+    ) -> Auth0User<'static> {
+        Auth0User {
+            auth0_id: "auth0|1",
+            legacy_id: "1",
+            profile: profile(values),
+            created_at,
+            migrated,
+        }
+    }
+
+    #[test]
+    fn statuses_follow_the_design_table() {
+        let fields = [Field::Email];
+        let old = [(Field::Email, text("old@x.io"))];
+        let new = [(Field::Email, text("new@x.io"))];
+        let status = |l: Option<&LegacyView>, a: Option<&Auth0User>| {
+            let verdict = classify(&fields, l, a);
+            (verdict.status, verdict.origin)
+        };
+        assert_eq!(
+            status(Some(&legacy(None, &old)), Some(&auth0(true, None, &old))),
+            (Status::InSync, None)
+        );
+        assert_eq!(
+            status(
+                Some(&legacy(Some(20), &new)),
+                Some(&auth0(true, Some(10), &old))
+            ),
+            (Status::Stranded, Some(Origin::Timestamp))
+        );
+        assert_eq!(
+            status(
+                Some(&legacy(Some(5), &new)),
+                Some(&auth0(true, Some(10), &old))
+            ),
+            (Status::Auth0Ahead, Some(Origin::Timestamp))
+        );
+        assert_eq!(
+            status(
+                Some(&legacy(None, &new)),
+                Some(&auth0(true, Some(10), &old))
+            ),
+            (Status::Stranded, Some(Origin::Assumed))
+        );
+        assert_eq!(
+            status(
+                Some(&legacy(Some(20), &new)),
+                Some(&auth0(false, Some(10), &old))
+            ),
+            (Status::StaleCache, None)
+        );
+        assert_eq!(
+            status(Some(&legacy(None, &new)), None),
+            (Status::NotMigrated, None)
+        );
+        assert_eq!(
+            status(None, Some(&auth0(true, None, &old))),
+            (Status::Orphaned, None)
+        );
+        assert_eq!(
+            status(None, Some(&auth0(false, None, &old))),
+            (Status::StaleCache, None)
+        );
+    }
+
+    #[test]
+    fn only_configured_fields_are_compared() {
+        let verdict = classify(
+            &[Field::Name],
+            Some(&legacy(None, &[(Field::Email, text("new@x.io"))])),
+            Some(&auth0(true, None, &[(Field::Email, text("old@x.io"))])),
+        );
+        assert_eq!(verdict.status, Status::InSync);
+    }
+}

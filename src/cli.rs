@@ -1,0 +1,164 @@
+//! The command line: argument parsing, logging setup, and exit codes (0 nothing to act on,
+//! 2 users need action, 1 error). Errors get their context here, at the edge.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::{Config, ProcessEnv};
+use crate::reconcile::{self, RunOptions};
+use crate::report::{self, Format};
+
+const EXIT_ERROR: u8 = 1;
+const EXIT_NEEDS_ACTION: u8 = 2;
+
+#[derive(Parser)]
+#[command(
+    name = "driftsync",
+    version,
+    about = "Finds legacy-database changes that never reach Auth0 because the user was already migrated",
+    long_about = "Finds legacy-database changes that never reach Auth0 because the user was already migrated.\n\n\
+        driftsync reads the legacy PostgreSQL database (read only, through the mapping query in the \
+        config) and Auth0's copy of the profiles (a users-export file), matches them by user id and \
+        reports which users have stranded changes, and why it thinks so.\n\n\
+        Exit codes: 0 nothing to act on; 2 stranded, conflict or orphaned users remain; 1 error.",
+    after_help = "Configuration keys are documented in config/driftsync.example.toml. \
+        Logs go to stderr; set DRIFTSYNC_LOG (e.g. DRIFTSYNC_LOG=debug) to change their level."
+)]
+struct Cli {
+    /// Configuration file (TOML).
+    #[arg(
+        long,
+        global = true,
+        env = "DRIFTSYNC_CONFIG",
+        default_value = "driftsync.toml",
+        value_name = "PATH"
+    )]
+    config: PathBuf,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// One full run: read both sides, classify every user, print the report.
+    ///
+    /// Report-only: nothing is written to the legacy database or to Auth0. Exits 2 when
+    /// stranded, conflict or orphaned users remain, 0 when there is nothing to act on.
+    Reconcile(ReconcileArgs),
+}
+
+#[derive(Args)]
+struct ReconcileArgs {
+    /// Report format: `table` for people, `json` or `ndjson` (one user per line, then a summary
+    /// line) for programs.
+    #[arg(long, value_enum, default_value_t = FormatArg::Table)]
+    format: FormatArg,
+
+    /// Write the report to this file (atomically) instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
+
+    /// Read Auth0's profiles from this users-export file (NDJSON, gzip or plain) instead of
+    /// what `[cache]` in the config says.
+    #[arg(long, value_name = "FILE")]
+    cache_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FormatArg {
+    Table,
+    Json,
+    Ndjson,
+}
+
+impl From<FormatArg> for Format {
+    fn from(format: FormatArg) -> Format {
+        match format {
+            FormatArg::Table => Format::Table,
+            FormatArg::Json => Format::Json,
+            FormatArg::Ndjson => Format::Ndjson,
+        }
+    }
+}
+
+/// Parses the command line, runs the command and turns its outcome into an exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            // clap exits 2 on usage errors, but 2 means "users need action" here.
+            return if error.use_stderr() {
+                ExitCode::from(EXIT_ERROR)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&cli.config, &ProcessEnv)?;
+    match cli.command {
+        Command::Reconcile(args) => reconcile_command(&config, args).await,
+    }
+}
+
+async fn reconcile_command(config: &Config, args: ReconcileArgs) -> anyhow::Result<ExitCode> {
+    let options = RunOptions {
+        cache_file: args.cache_file,
+        progress: true,
+    };
+    let report = reconcile::run(config, &options).await?;
+    let format = Format::from(args.format);
+    match &args.output {
+        Some(path) => report::write_atomically(path, |out| report.render(format, out))
+            .with_context(|| format!("cannot write the report to {}", path.display()))?,
+        None => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            report
+                .render(format, &mut out)
+                .and_then(|()| out.flush())
+                .context("cannot write the report to standard output")?;
+        }
+    }
+    Ok(if report.needs_action() {
+        ExitCode::from(EXIT_NEEDS_ACTION)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DRIFTSYNC_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("driftsync=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

@@ -1,0 +1,544 @@
+//! The TOML configuration: its keys (DESIGN.md), environment overrides and validation.
+//!
+//! Parsing is strict (unknown keys are errors) and every validation error names the key, so a
+//! typo never silently changes what a run compares or pushes. Credentials are not required
+//! here: each part that calls Auth0 asks for what it needs when it runs.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+use crate::profile::Field;
+
+pub const ENV_LEGACY_URL: &str = "DRIFTSYNC_LEGACY_URL";
+pub const ENV_CLIENT_SECRET: &str = "DRIFTSYNC_AUTH0_CLIENT_SECRET";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path}: `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        message: String,
+    },
+}
+
+/// How driftsync decides that an Auth0 user was migrated (and so is no longer refreshed from
+/// the legacy database at login).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MigratedRule {
+    /// The connection's `options.import_mode` (read through the Management API).
+    ImportMode,
+    Always,
+    Never,
+    /// A marker the Login script sets in `app_metadata`, e.g. `app_metadata.migrated`.
+    AppMetadataKey(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheSource {
+    Export,
+    File,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrphanAction {
+    Report,
+    Block,
+}
+
+/// A validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub path: PathBuf,
+    pub legacy: Legacy,
+    pub auth0: Auth0,
+    pub cache: Cache,
+    pub reconcile: Reconcile,
+    pub schedule: Option<Schedule>,
+    pub metrics: Metrics,
+    pub state: State,
+}
+
+#[derive(Debug)]
+pub struct Legacy {
+    /// Holds the database password: never print it.
+    pub url: SecretString,
+    pub query: String,
+}
+
+#[derive(Debug)]
+pub struct Auth0 {
+    pub domain: Option<String>,
+    pub base_url: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret_file: Option<PathBuf>,
+    pub connection: String,
+    pub migrated: MigratedRule,
+}
+
+#[derive(Debug)]
+pub struct Cache {
+    pub source: CacheSource,
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Debug)]
+pub struct Reconcile {
+    /// `None`: every field the legacy query returns.
+    pub fields: Option<Vec<Field>>,
+    pub push: bool,
+    pub max_push_fraction: f64,
+    pub orphans: OrphanAction,
+}
+
+#[derive(Debug)]
+pub struct Schedule {
+    pub full: String,
+    pub changes: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug)]
+pub struct State {
+    pub path: PathBuf,
+}
+
+// The file as written; `deny_unknown_fields` everywhere so that a misspelt key is an error.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    legacy: RawLegacy,
+    #[serde(default)]
+    auth0: RawAuth0,
+    #[serde(default)]
+    cache: RawCache,
+    #[serde(default)]
+    reconcile: RawReconcile,
+    schedule: Option<RawSchedule>,
+    #[serde(default)]
+    metrics: RawMetrics,
+    #[serde(default)]
+    state: RawState,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLegacy {
+    url: Option<String>,
+    query: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAuth0 {
+    domain: Option<String>,
+    base_url: Option<String>,
+    client_id: Option<String>,
+    client_secret_file: Option<PathBuf>,
+    connection: Option<String>,
+    migrated: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    source: Option<String>,
+    file: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawReconcile {
+    fields: Option<Vec<String>>,
+    push: Option<bool>,
+    max_push_fraction: Option<f64>,
+    orphans: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSchedule {
+    full: String,
+    changes: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    path: Option<PathBuf>,
+}
+
+/// Where the environment overrides come from; a parameter so tests need not touch the process
+/// environment.
+pub trait Environment {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The real process environment.
+pub struct ProcessEnv;
+
+impl Environment for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|value| !value.is_empty())
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path, env: &dyn Environment) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(path, &text, env)
+    }
+
+    pub fn parse(path: &Path, text: &str, env: &dyn Environment) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|error| ConfigError::Parse {
+            path: path.to_owned(),
+            message: error.to_string().trim_end().to_owned(),
+        })?;
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            message,
+        };
+
+        let url = env.var(ENV_LEGACY_URL).or(raw.legacy.url).ok_or_else(|| {
+            invalid(
+                "legacy.url",
+                format!("not set: set it here or in the environment variable {ENV_LEGACY_URL}"),
+            )
+        })?;
+        // The URL carries the password, so the error describes the problem without echoing it.
+        tokio_postgres::Config::from_str(&url).map_err(|error| {
+            invalid(
+                "legacy.url",
+                format!("not a valid PostgreSQL connection string ({error})"),
+            )
+        })?;
+        if raw.legacy.query.trim().is_empty() {
+            return Err(invalid("legacy.query", "is empty".into()));
+        }
+
+        let connection = raw
+            .auth0
+            .connection
+            .filter(|name| !name.trim().is_empty())
+            .ok_or_else(|| {
+                invalid(
+                    "auth0.connection",
+                    "not set: the name of the custom database connection is required".into(),
+                )
+            })?;
+        let migrated = match raw.auth0.migrated.as_deref() {
+            None | Some("import_mode") => MigratedRule::ImportMode,
+            Some("always") => MigratedRule::Always,
+            Some("never") => MigratedRule::Never,
+            Some(other) => match other.strip_prefix("app_metadata.") {
+                Some(key) if !key.is_empty() && !key.contains('.') => {
+                    MigratedRule::AppMetadataKey(key.to_owned())
+                }
+                _ => {
+                    return Err(invalid(
+                        "auth0.migrated",
+                        format!(
+                            "{other:?} is not one of \"import_mode\", \"always\", \"never\" or \"app_metadata.<key>\""
+                        ),
+                    ));
+                }
+            },
+        };
+        if let Some(base_url) = &raw.auth0.base_url
+            && !(base_url.starts_with("https://") || base_url.starts_with("http://"))
+        {
+            return Err(invalid(
+                "auth0.base_url",
+                format!("{base_url:?} is not an http(s) URL"),
+            ));
+        }
+
+        let source = match raw.cache.source.as_deref() {
+            None | Some("export") => CacheSource::Export,
+            Some("file") => CacheSource::File,
+            Some(other) => {
+                return Err(invalid(
+                    "cache.source",
+                    format!("{other:?} is not \"export\" or \"file\""),
+                ));
+            }
+        };
+
+        let fields = match raw.reconcile.fields {
+            None => None,
+            Some(names) => {
+                let mut fields = Vec::with_capacity(names.len());
+                for name in &names {
+                    let field = Field::from_name(name).ok_or_else(|| {
+                        invalid(
+                            "reconcile.fields",
+                            format!("unknown field {name:?}; known fields: {}", Field::names()),
+                        )
+                    })?;
+                    if fields.contains(&field) {
+                        return Err(invalid(
+                            "reconcile.fields",
+                            format!("{name:?} is listed twice"),
+                        ));
+                    }
+                    fields.push(field);
+                }
+                if fields.is_empty() {
+                    return Err(invalid(
+                        "reconcile.fields",
+                        "is empty: list at least one field, or remove the key to compare every field the query returns".into(),
+                    ));
+                }
+                fields.sort();
+                Some(fields)
+            }
+        };
+        let push = raw.reconcile.push.unwrap_or(false);
+        if push {
+            return Err(invalid(
+                "reconcile.push",
+                "pushing changes to Auth0 is not available in this version of driftsync; remove the key or set it to false".into(),
+            ));
+        }
+        let max_push_fraction = raw.reconcile.max_push_fraction.unwrap_or(0.05);
+        if !(0.0..=1.0).contains(&max_push_fraction) {
+            return Err(invalid(
+                "reconcile.max_push_fraction",
+                format!("{max_push_fraction} is not between 0 and 1"),
+            ));
+        }
+        let orphans = match raw.reconcile.orphans.as_deref() {
+            None | Some("report") => OrphanAction::Report,
+            Some("block") => OrphanAction::Block,
+            Some(other) => {
+                return Err(invalid(
+                    "reconcile.orphans",
+                    format!("{other:?} is not \"report\" or \"block\""),
+                ));
+            }
+        };
+
+        let schedule = match raw.schedule {
+            None => None,
+            Some(schedule) => {
+                check_cron(&schedule.full).map_err(|message| invalid("schedule.full", message))?;
+                if let Some(changes) = &schedule.changes {
+                    check_cron(changes).map_err(|message| invalid("schedule.changes", message))?;
+                }
+                Some(Schedule {
+                    full: schedule.full,
+                    changes: schedule.changes,
+                })
+            }
+        };
+
+        let listen = raw.metrics.listen.as_deref().unwrap_or("127.0.0.1:9477");
+        let listen = listen.parse().map_err(|_| {
+            invalid(
+                "metrics.listen",
+                format!("{listen:?} is not an address:port such as \"127.0.0.1:9477\""),
+            )
+        })?;
+
+        Ok(Config {
+            path: path.to_owned(),
+            legacy: Legacy {
+                url: SecretString::from(url),
+                query: raw.legacy.query,
+            },
+            auth0: Auth0 {
+                domain: raw.auth0.domain,
+                base_url: raw.auth0.base_url,
+                client_id: raw.auth0.client_id,
+                client_secret_file: raw.auth0.client_secret_file,
+                connection,
+                migrated,
+            },
+            cache: Cache {
+                source,
+                file: raw.cache.file,
+            },
+            reconcile: Reconcile {
+                fields,
+                push,
+                max_push_fraction,
+                orphans,
+            },
+            schedule,
+            metrics: Metrics { listen },
+            state: State {
+                path: raw
+                    .state
+                    .path
+                    .unwrap_or_else(|| PathBuf::from("driftsync-state.db")),
+            },
+        })
+    }
+}
+
+fn check_cron(expression: &str) -> Result<(), String> {
+    cron::Schedule::from_str(expression)
+        .map(|_| ())
+        .map_err(|error| {
+            format!(
+                "{expression:?} is not a cron expression with a seconds field, such as \"0 0 3 * * *\" ({error})"
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+    use std::collections::HashMap;
+
+    struct FakeEnv(HashMap<&'static str, &'static str>);
+
+    impl Environment for FakeEnv {
+        fn var(&self, name: &str) -> Option<String> {
+            self.0.get(name).map(|value| value.to_string())
+        }
+    }
+
+    const MINIMAL: &str = r#"
+        [legacy]
+        url = "postgres://reader@localhost/app"
+        query = "SELECT id::text AS user_id, email FROM users"
+        [auth0]
+        connection = "legacy-users"
+        migrated = "always"
+        [cache]
+        source = "file"
+        file = "export.json.gz"
+    "#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("t.toml"), text, &FakeEnv(HashMap::new()))
+    }
+
+    fn error_of(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn minimal_config_gets_the_documented_defaults() {
+        let config = parse(MINIMAL).unwrap();
+        assert_eq!(config.auth0.migrated, MigratedRule::Always);
+        assert_eq!(config.cache.source, CacheSource::File);
+        assert_eq!(config.reconcile.fields, None);
+        assert!(!config.reconcile.push);
+        assert_eq!(config.reconcile.max_push_fraction, 0.05);
+        assert_eq!(config.reconcile.orphans, OrphanAction::Report);
+        assert_eq!(config.metrics.listen.to_string(), "127.0.0.1:9477");
+        assert_eq!(config.state.path, PathBuf::from("driftsync-state.db"));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let message = error_of(&MINIMAL.replace("[cache]", "[cache]\nsorce = \"file\""));
+        assert!(message.contains("sorce"), "{message}");
+        let message = error_of(&format!("{MINIMAL}\n[extra]\nx = 1"));
+        assert!(message.contains("extra"), "{message}");
+    }
+
+    #[test]
+    fn env_overrides_the_legacy_url() {
+        let env = FakeEnv(HashMap::from([(ENV_LEGACY_URL, "postgres://other@db/x")]));
+        let config = Config::parse(Path::new("t.toml"), MINIMAL, &env).unwrap();
+        assert_eq!(config.legacy.url.expose_secret(), "postgres://other@db/x");
+    }
+
+    #[test]
+    fn each_bad_value_names_its_key() {
+        let cases = [
+            (
+                "migrated = \"always\"",
+                "migrated = \"sometimes\"",
+                "auth0.migrated",
+            ),
+            (
+                "migrated = \"always\"",
+                "migrated = \"app_metadata.\"",
+                "auth0.migrated",
+            ),
+            ("source = \"file\"", "source = \"api\"", "cache.source"),
+            (
+                "connection = \"legacy-users\"",
+                "connection = \"\"",
+                "auth0.connection",
+            ),
+            (
+                "url = \"postgres://reader@localhost/app\"",
+                "url = \"postgres://reader@localhost:notaport/app\"",
+                "legacy.url",
+            ),
+        ];
+        for (from, to, key) in cases {
+            let message = error_of(&MINIMAL.replace(from, to));
+            assert!(message.contains(key), "{to}: {message}");
+        }
+        let extra = [
+            ("[reconcile]\nfields = [\"emial\"]", "reconcile.fields"),
+            ("[reconcile]\nfields = []", "reconcile.fields"),
+            (
+                "[reconcile]\nmax_push_fraction = 1.5",
+                "reconcile.max_push_fraction",
+            ),
+            ("[reconcile]\norphans = \"delete\"", "reconcile.orphans"),
+            ("[reconcile]\npush = true", "reconcile.push"),
+            ("[schedule]\nfull = \"every day\"", "schedule.full"),
+            (
+                "[schedule]\nfull = \"0 0 3 * * *\"\nchanges = \"*/5 * *\"",
+                "schedule.changes",
+            ),
+            ("[metrics]\nlisten = \"localhost\"", "metrics.listen"),
+        ];
+        for (section, key) in extra {
+            let message = error_of(&format!("{MINIMAL}\n{section}"));
+            assert!(message.contains(key), "{section}: {message}");
+        }
+    }
+
+    #[test]
+    fn a_bad_url_error_does_not_echo_the_password() {
+        let text = MINIMAL.replace(
+            "postgres://reader@localhost/app",
+            "postgres://reader:hunter2@localhost:99999999/app",
+        );
+        let message = error_of(&text);
+        assert!(message.contains("legacy.url"), "{message}");
+        assert!(!message.contains("hunter2"), "{message}");
+    }
+
+    #[test]
+    fn missing_url_points_at_the_env_variable() {
+        let message = error_of(&MINIMAL.replace("url = \"postgres://reader@localhost/app\"", ""));
+        assert!(message.contains("legacy.url"), "{message}");
+        assert!(message.contains(ENV_LEGACY_URL), "{message}");
+    }
+}

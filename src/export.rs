@@ -1,0 +1,462 @@
+//! Auth0's side from a users-export file: NDJSON, gzip-compressed or plain (detected from the
+//! first bytes), one profile per line.
+//!
+//! Lines are parsed into borrowed structs that name only the attributes driftsync compares, so
+//! no generic JSON tree is built and nothing outlives its line. The connection may appear as a
+//! nested `identities` array, as the flattened key `identities[0].connection` or as an
+//! `export_as` name `connection`; users of other connections and non-database users are
+//! skipped. Any malformed line stops the read with its line number.
+
+use std::borrow::Cow;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use serde_json::value::RawValue;
+
+use crate::config::MigratedRule;
+use crate::profile::{Field, Profile, Value};
+use crate::timestamp;
+
+/// Longest line accepted; Auth0 caps metadata at 16 KB per object, so a longer line is damage.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+
+/// Prefix of every database-connection user id.
+pub const USER_ID_PREFIX: &str = "auth0|";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("cannot open the Auth0 export {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("Auth0 export {source_name}: reading after line {line} failed: {source}")]
+    Read {
+        source_name: String,
+        line: u64,
+        source: std::io::Error,
+    },
+    #[error("Auth0 export {source_name} line {line}: {message}")]
+    Line {
+        source_name: String,
+        line: u64,
+        message: String,
+    },
+}
+
+/// One Auth0 profile of the configured connection.
+#[derive(Debug)]
+pub struct Auth0User<'a> {
+    /// The full Auth0 id, `auth0|…`.
+    pub auth0_id: &'a str,
+    /// The legacy `user_id`: the Auth0 id without its first `auth0|`.
+    pub legacy_id: &'a str,
+    pub profile: Profile<'a>,
+    /// The migration moment for migrated users.
+    pub created_at: Option<i64>,
+    pub migrated: bool,
+}
+
+#[derive(Deserialize)]
+struct Line<'a> {
+    #[serde(borrow)]
+    user_id: Option<Text<'a>>,
+    #[serde(borrow)]
+    email: Option<Text<'a>>,
+    email_verified: Option<bool>,
+    #[serde(borrow)]
+    name: Option<Text<'a>>,
+    #[serde(borrow)]
+    nickname: Option<Text<'a>>,
+    #[serde(borrow)]
+    given_name: Option<Text<'a>>,
+    #[serde(borrow)]
+    family_name: Option<Text<'a>>,
+    #[serde(borrow)]
+    picture: Option<Text<'a>>,
+    #[serde(borrow)]
+    username: Option<Text<'a>>,
+    blocked: Option<bool>,
+    #[serde(borrow)]
+    created_at: Option<Text<'a>>,
+    #[serde(borrow)]
+    user_metadata: Option<&'a RawValue>,
+    #[serde(borrow)]
+    app_metadata: Option<&'a RawValue>,
+    #[serde(borrow)]
+    identities: Option<Vec<Identity<'a>>>,
+    #[serde(borrow)]
+    connection: Option<Text<'a>>,
+    #[serde(borrow, rename = "identities[0].connection")]
+    first_identity_connection: Option<Text<'a>>,
+}
+
+/// A JSON string borrowed from the line when it has no escapes. (serde only borrows a bare
+/// `Cow<str>` field, not one inside an `Option`, hence this type.)
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visitor<'a> {
+            type Value = Text<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, text: &'de str) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Borrowed(text)))
+            }
+            fn visit_str<E>(self, text: &str) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Owned(text.to_owned())))
+            }
+            fn visit_string<E>(self, text: String) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Owned(text)))
+            }
+        }
+        deserializer.deserialize_str(Visitor(std::marker::PhantomData))
+    }
+}
+
+impl std::ops::Deref for Text<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+#[derive(Deserialize)]
+struct Identity<'a> {
+    #[serde(borrow)]
+    connection: Option<Text<'a>>,
+    #[serde(rename = "user_id")]
+    _user_id: Option<IgnoredAny>,
+}
+
+/// What the reader needs to know to filter and interpret lines.
+#[derive(Debug, Clone)]
+pub struct ExportFilter {
+    pub connection: String,
+    pub migrated: MigratedRule,
+}
+
+/// Counts of what a read skipped, for the log.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ExportStats {
+    pub lines: u64,
+    pub users: u64,
+    pub other_connection: u64,
+    pub not_database_user: u64,
+}
+
+/// Opens an export file, gzip or plain.
+pub fn open_file(path: &Path) -> Result<Box<dyn BufRead + Send>, ExportError> {
+    let file = File::open(path).map_err(|source| ExportError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
+    decompressing(BufReader::with_capacity(256 * 1024, file)).map_err(|source| ExportError::Open {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Wraps a byte stream in a gzip decoder when it starts with the gzip magic bytes.
+pub fn decompressing<R: BufRead + Send + 'static>(
+    mut input: R,
+) -> std::io::Result<Box<dyn BufRead + Send>> {
+    let head = input.fill_buf()?;
+    if head.starts_with(&[0x1f, 0x8b]) {
+        let decoder = flate2::bufread::MultiGzDecoder::new(input);
+        Ok(Box::new(BufReader::with_capacity(256 * 1024, decoder)))
+    } else {
+        Ok(Box::new(input))
+    }
+}
+
+/// Reads every line and calls `each` for each user of the configured connection.
+pub fn read(
+    source_name: &str,
+    mut input: impl BufRead,
+    filter: &ExportFilter,
+    mut each: impl FnMut(u64, Auth0User<'_>) -> Result<(), ExportError>,
+) -> Result<ExportStats, ExportError> {
+    let mut stats = ExportStats::default();
+    let mut buffer = Vec::with_capacity(4096);
+    loop {
+        buffer.clear();
+        let line_number = stats.lines + 1;
+        let read = (&mut input)
+            .take(MAX_LINE_BYTES as u64 + 1)
+            .read_until(b'\n', &mut buffer)
+            .map_err(|source| ExportError::Read {
+                source_name: source_name.to_owned(),
+                line: stats.lines,
+                source,
+            })?;
+        if read == 0 {
+            break;
+        }
+        stats.lines = line_number;
+        let line_error = |message: String| ExportError::Line {
+            source_name: source_name.to_owned(),
+            line: line_number,
+            message,
+        };
+        if buffer.len() > MAX_LINE_BYTES {
+            return Err(line_error(format!(
+                "longer than {} bytes; the file is damaged or not an Auth0 export",
+                MAX_LINE_BYTES
+            )));
+        }
+        let text = buffer.trim_ascii();
+        if text.is_empty() {
+            continue;
+        }
+        let line: Line<'_> = serde_json::from_slice(text)
+            .map_err(|error| line_error(format!("not a valid export line: {error}")))?;
+        match interpret(line, filter).map_err(line_error)? {
+            Interpreted::User(user) => {
+                stats.users += 1;
+                each(line_number, user)?;
+            }
+            Interpreted::OtherConnection => stats.other_connection += 1,
+            Interpreted::NotDatabaseUser => stats.not_database_user += 1,
+        }
+    }
+    Ok(stats)
+}
+
+#[allow(
+    clippy::large_enum_variant,
+    reason = "lives on the stack for one line; boxing would allocate per line"
+)]
+enum Interpreted<'a> {
+    User(Auth0User<'a>),
+    OtherConnection,
+    NotDatabaseUser,
+}
+
+fn interpret<'a>(line: Line<'a>, filter: &ExportFilter) -> Result<Interpreted<'a>, String> {
+    let Some(Text(user_id)) = line.user_id else {
+        return Err("has no `user_id`".into());
+    };
+    // A `user_id` with escapes cannot be borrowed; ids are plain ASCII in practice, so an
+    // escaped one is rejected rather than copied for every line.
+    let Cow::Borrowed(auth0_id) = user_id else {
+        return Err(format!(
+            "`user_id` {:?} contains JSON escapes, which Auth0 ids never do",
+            user_id
+        ));
+    };
+    let connection = line
+        .identities
+        .as_ref()
+        .and_then(|identities| identities.first())
+        .and_then(|identity| identity.connection.as_deref())
+        .or(line.first_identity_connection.as_deref())
+        .or(line.connection.as_deref());
+    if connection.is_some_and(|name| name != filter.connection) {
+        return Ok(Interpreted::OtherConnection);
+    }
+    let Some(legacy_id) = auth0_id.strip_prefix(USER_ID_PREFIX) else {
+        return Ok(Interpreted::NotDatabaseUser);
+    };
+    if legacy_id.is_empty() {
+        return Err(format!("`user_id` {auth0_id:?} has nothing after `auth0|`"));
+    }
+
+    let created_at = match line.created_at.as_deref() {
+        None => None,
+        Some(text) => Some(
+            timestamp::parse_rfc3339(text)
+                .ok_or_else(|| format!("`created_at` {text:?} is not an RFC 3339 timestamp"))?,
+        ),
+    };
+    let user_metadata = object(Field::UserMetadata, line.user_metadata)?;
+    let app_metadata = object(Field::AppMetadata, line.app_metadata)?;
+    let migrated = match &filter.migrated {
+        MigratedRule::Always => true,
+        MigratedRule::Never => false,
+        // The reconcile run resolves `import_mode` to `always` or `never` before reading.
+        MigratedRule::ImportMode => true,
+        MigratedRule::AppMetadataKey(key) => marker_is_set(app_metadata.as_deref(), key)?,
+    };
+
+    let mut profile = Profile::default();
+    let text = |value: Option<Text<'a>>| value.map(|Text(text)| Value::Text(text));
+    profile.set(Field::Email, text(line.email));
+    profile.set(Field::EmailVerified, line.email_verified.map(Value::Bool));
+    profile.set(Field::Name, text(line.name));
+    profile.set(Field::Nickname, text(line.nickname));
+    profile.set(Field::GivenName, text(line.given_name));
+    profile.set(Field::FamilyName, text(line.family_name));
+    profile.set(Field::Picture, text(line.picture));
+    profile.set(Field::Username, text(line.username));
+    profile.set(Field::Blocked, line.blocked.map(Value::Bool));
+    profile.set(Field::UserMetadata, user_metadata.map(Value::Object));
+    profile.set(Field::AppMetadata, app_metadata.map(Value::Object));
+    Ok(Interpreted::User(Auth0User {
+        auth0_id,
+        legacy_id,
+        profile,
+        created_at,
+        migrated,
+    }))
+}
+
+fn object<'a>(field: Field, raw: Option<&'a RawValue>) -> Result<Option<Cow<'a, str>>, String> {
+    match raw {
+        None => Ok(None),
+        Some(raw) if raw.get().starts_with('{') => Ok(Some(Cow::Borrowed(raw.get()))),
+        Some(raw) => Err(format!("`{field}` is not a JSON object: {}", raw.get())),
+    }
+}
+
+/// A migration marker counts as set unless it is absent, `null`, `false`, `0` or `""`.
+fn marker_is_set(app_metadata: Option<&str>, key: &str) -> Result<bool, String> {
+    let Some(json) = app_metadata else {
+        return Ok(false);
+    };
+    let map: std::collections::HashMap<Cow<'_, str>, &RawValue> = serde_json::from_str(json)
+        .map_err(|error| format!("`app_metadata` cannot be read: {error}"))?;
+    Ok(match map.get(key).map(|value| value.get()) {
+        None | Some("null" | "false" | "0" | "\"\"") => false,
+        Some(_) => true,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filter(migrated: MigratedRule) -> ExportFilter {
+        ExportFilter {
+            connection: "legacy-users".into(),
+            migrated,
+        }
+    }
+
+    fn read_all(text: &str, migrated: MigratedRule) -> Result<Vec<(String, bool)>, ExportError> {
+        let mut users = Vec::new();
+        read("t", text.as_bytes(), &filter(migrated), |_, user| {
+            users.push((user.legacy_id.to_owned(), user.migrated));
+            Ok(())
+        })?;
+        Ok(users)
+    }
+
+    #[test]
+    fn reads_the_reference_sample_with_every_connection_spelling() {
+        let sample = include_str!("../tests/data/export-sample.ndjson");
+        let users = read_all(sample, MigratedRule::Always).unwrap();
+        let ids: Vec<&str> = users.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids, ["42", "43", "44", "45"]);
+    }
+
+    #[test]
+    fn skips_other_connections_and_non_database_users() {
+        let text = concat!(
+            r#"{"user_id":"auth0|1","connection":"other"}"#,
+            "\n",
+            r#"{"user_id":"google-oauth2|2","identities":[{"connection":"legacy-users"}]}"#,
+            "\n\n",
+            r#"{"user_id":"auth0|Conn|3","identities[0].connection":"legacy-users"}"#,
+            "\n",
+        );
+        let users = read_all(text, MigratedRule::Always).unwrap();
+        assert_eq!(users, [("Conn|3".to_owned(), true)]);
+    }
+
+    #[test]
+    fn migration_marker_in_app_metadata() {
+        let text = concat!(
+            r#"{"user_id":"auth0|1","app_metadata":{"migrated":true}}"#,
+            "\n",
+            r#"{"user_id":"auth0|2","app_metadata":{"migrated":false}}"#,
+            "\n",
+            r#"{"user_id":"auth0|3"}"#,
+            "\n",
+            r#"{"user_id":"auth0|4","app_metadata":{"migrated":"2024-01-01"}}"#,
+        );
+        let users = read_all(text, MigratedRule::AppMetadataKey("migrated".into())).unwrap();
+        let flags: Vec<bool> = users.iter().map(|(_, migrated)| *migrated).collect();
+        assert_eq!(flags, [true, false, false, true]);
+    }
+
+    #[test]
+    fn bad_lines_name_their_line_number() {
+        let cases = [
+            (
+                "{\"user_id\":\"auth0|1\"}\n{not json}\n",
+                2,
+                "not a valid export line",
+            ),
+            ("{\"email\":\"a@b\"}\n", 1, "no `user_id`"),
+            (
+                "\n{\"user_id\":\"auth0|1\",\"created_at\":\"yesterday\"}",
+                2,
+                "created_at",
+            ),
+            (
+                "{\"user_id\":\"auth0|1\",\"user_metadata\":[1]}",
+                1,
+                "user_metadata",
+            ),
+            (
+                "{\"user_id\":\"auth0|1\",\"blocked\":\"yes\"}",
+                1,
+                "invalid type",
+            ),
+            ("{\"user_id\":\"auth0|\"}", 1, "nothing after"),
+        ];
+        for (text, line, needle) in cases {
+            let message = read_all(text, MigratedRule::Always)
+                .unwrap_err()
+                .to_string();
+            assert!(message.contains(&format!("line {line}:")), "{message}");
+            assert!(message.contains(needle), "{message}");
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_and_overlong_lines_are_errors() {
+        let mut bytes = b"{\"user_id\":\"auth0|1\",\"name\":\"".to_vec();
+        bytes.extend_from_slice(&[0xff, 0xfe]);
+        bytes.extend_from_slice(b"\"}\n");
+        let error = read(
+            "t",
+            bytes.as_slice(),
+            &filter(MigratedRule::Always),
+            |_, _| Ok(()),
+        );
+        assert!(error.unwrap_err().to_string().contains("line 1:"));
+
+        let long = format!(
+            "{{\"user_id\":\"auth0|1\",\"name\":\"{}\"}}\n",
+            "x".repeat(MAX_LINE_BYTES)
+        );
+        let error = read_all(&long, MigratedRule::Always)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("line 1: longer than"), "{error}");
+    }
+
+    #[test]
+    fn gzip_is_detected_from_the_bytes() {
+        use std::io::Write;
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(b"{\"user_id\":\"auth0|7\"}\n").unwrap();
+        let gz = encoder.finish().unwrap();
+        let input = decompressing(std::io::Cursor::new(gz)).unwrap();
+        let mut ids = Vec::new();
+        read("t", input, &filter(MigratedRule::Always), |_, user| {
+            ids.push(user.legacy_id.to_owned());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(ids, ["7"]);
+    }
+}

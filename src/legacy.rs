@@ -1,0 +1,383 @@
+//! The legacy side: runs the mapping query in a `READ ONLY` transaction and streams its rows.
+//!
+//! Rows are fetched through a portal in fixed-size batches, so memory holds one batch no matter
+//! how large the result is; each row is handed to the caller as a borrowed [`LegacyRow`] and
+//! packed into a [`LegacyRecord`] without intermediate strings. The result columns are checked
+//! before the first row: the column names are the profile attributes the legacy side manages.
+
+use std::error::Error as StdError;
+
+use futures_util::{TryStreamExt, pin_mut};
+use tokio_postgres::types::{FromSql, Type};
+use tokio_postgres::{Client, NoTls, Row};
+
+use crate::profile::{Field, Kind, LegacyRecord, LegacyRecordBuilder};
+
+/// Rows fetched per round trip.
+const BATCH_ROWS: i32 = 5_000;
+
+const TIMESTAMP_COLUMN: &str = "updated_at";
+const ID_COLUMN: &str = "user_id";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LegacyError {
+    #[error("cannot connect to the legacy database: {0}")]
+    Connect(#[source] tokio_postgres::Error),
+    #[error("legacy query failed: {0}")]
+    Query(#[source] tokio_postgres::Error),
+    #[error(
+        "legacy query returns no `user_id` column: alias the user id, e.g. `SELECT id::text AS user_id, …`"
+    )]
+    MissingUserId,
+    #[error(
+        "legacy query column `{column}` is not a profile attribute driftsync knows; name columns after profile attributes ({known}) or drop it from the query"
+    )]
+    UnknownColumn { column: String, known: String },
+    #[error("legacy query returns the column `{0}` more than once")]
+    DuplicateColumn(String),
+    #[error(
+        "legacy query column `{column}` has type {actual}; expected {expected} (cast it in the query, e.g. `{column}::{cast}`)"
+    )]
+    ColumnType {
+        column: String,
+        actual: String,
+        expected: &'static str,
+        cast: &'static str,
+    },
+    #[error(
+        "reconcile.fields lists `{0}`, but the legacy query returns no such column: add it to the query or remove it from reconcile.fields"
+    )]
+    FieldNotReturned(Field),
+    #[error("legacy row {row}: `user_id` is NULL")]
+    NullUserId { row: u64 },
+    #[error("legacy row {row}: `user_id` is empty")]
+    EmptyUserId { row: u64 },
+    #[error(
+        "legacy row {row}: user_id {user_id:?} appeared in an earlier row already; the query must return each user once"
+    )]
+    DuplicateUserId { row: u64, user_id: String },
+    #[error(
+        "legacy row {row} (user_id {user_id:?}): `{column}` is a JSON {found}, expected an object"
+    )]
+    MetadataNotObject {
+        row: u64,
+        user_id: String,
+        column: &'static str,
+        found: &'static str,
+    },
+    #[error("legacy row {row}: cannot read column `{column}`: {source}")]
+    Value {
+        row: u64,
+        column: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+/// Which column of the result carries what.
+#[derive(Debug, Clone)]
+pub struct Columns {
+    user_id: usize,
+    updated_at: Option<usize>,
+    fields: Vec<(usize, Field)>,
+}
+
+impl Columns {
+    /// The profile fields the query returns, in canonical order.
+    pub fn fields(&self) -> Vec<Field> {
+        let mut fields: Vec<Field> = self.fields.iter().map(|(_, field)| *field).collect();
+        fields.sort();
+        fields
+    }
+
+    pub fn has_updated_at(&self) -> bool {
+        self.updated_at.is_some()
+    }
+
+    fn check(columns: &[tokio_postgres::Column]) -> Result<Columns, LegacyError> {
+        let mut user_id = None;
+        let mut updated_at = None;
+        let mut fields = Vec::new();
+        let mut seen: Vec<&str> = Vec::new();
+        for (index, column) in columns.iter().enumerate() {
+            let name = column.name();
+            if seen.contains(&name) {
+                return Err(LegacyError::DuplicateColumn(name.to_owned()));
+            }
+            seen.push(name);
+            let ty = column.type_();
+            match name {
+                ID_COLUMN => {
+                    expect_type(name, ty, Kind::Text)?;
+                    user_id = Some(index);
+                }
+                TIMESTAMP_COLUMN => {
+                    if *ty != Type::TIMESTAMPTZ {
+                        return Err(LegacyError::ColumnType {
+                            column: name.to_owned(),
+                            actual: ty.name().to_owned(),
+                            expected: "timestamptz",
+                            cast: "timestamptz",
+                        });
+                    }
+                    updated_at = Some(index);
+                }
+                _ => {
+                    let field =
+                        Field::from_name(name).ok_or_else(|| LegacyError::UnknownColumn {
+                            column: name.to_owned(),
+                            known: format!("user_id, updated_at, {}", Field::names()),
+                        })?;
+                    expect_type(name, ty, field.kind())?;
+                    fields.push((index, field));
+                }
+            }
+        }
+        Ok(Columns {
+            user_id: user_id.ok_or(LegacyError::MissingUserId)?,
+            updated_at,
+            fields,
+        })
+    }
+}
+
+fn expect_type(column: &str, ty: &Type, kind: Kind) -> Result<(), LegacyError> {
+    let (ok, expected, cast) = match kind {
+        Kind::Text => (
+            matches!(*ty, Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME)
+                || ty.name() == "citext",
+            "text",
+            "text",
+        ),
+        Kind::Bool => (*ty == Type::BOOL, "boolean", "boolean"),
+        Kind::Object => (
+            matches!(*ty, Type::JSON | Type::JSONB),
+            "json or jsonb",
+            "jsonb",
+        ),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(LegacyError::ColumnType {
+            column: column.to_owned(),
+            actual: ty.name().to_owned(),
+            expected,
+            cast,
+        })
+    }
+}
+
+/// Connects to the legacy database. The connection task ends when the client is dropped.
+pub async fn connect(url: &str) -> Result<Client, LegacyError> {
+    let mut config: tokio_postgres::Config = url.parse().map_err(LegacyError::Connect)?;
+    if config.get_application_name().is_none() {
+        config.application_name("driftsync");
+    }
+    let (client, connection) = config.connect(NoTls).await.map_err(LegacyError::Connect)?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::warn!(%error, "legacy database connection closed with an error");
+        }
+    });
+    Ok(client)
+}
+
+/// Prepares the query in a read-only transaction and returns its checked columns without
+/// fetching a row (what `check` needs).
+pub async fn describe(client: &mut Client, query: &str) -> Result<Columns, LegacyError> {
+    let transaction = client
+        .build_transaction()
+        .read_only(true)
+        .start()
+        .await
+        .map_err(LegacyError::Query)?;
+    let statement = transaction
+        .prepare(query)
+        .await
+        .map_err(LegacyError::Query)?;
+    Columns::check(statement.columns())
+}
+
+/// One legacy row, borrowed from the fetched batch.
+pub struct LegacyRow<'a> {
+    /// 1-based position in the result, for error messages.
+    pub number: u64,
+    pub user_id: &'a str,
+    pub record: LegacyRecord,
+}
+
+/// Runs `query` in a `READ ONLY` transaction and calls `each` for every row, in result order.
+/// Fails before the first row when the query does not return every field of `required`.
+pub async fn stream(
+    client: &mut Client,
+    query: &str,
+    required: &[Field],
+    mut each: impl FnMut(&Columns, LegacyRow<'_>) -> Result<(), LegacyError>,
+) -> Result<Columns, LegacyError> {
+    let transaction = client
+        .build_transaction()
+        .read_only(true)
+        .start()
+        .await
+        .map_err(LegacyError::Query)?;
+    let statement = transaction
+        .prepare(query)
+        .await
+        .map_err(LegacyError::Query)?;
+    let columns = Columns::check(statement.columns())?;
+    let returned = columns.fields();
+    if let Some(missing) = required.iter().find(|field| !returned.contains(field)) {
+        return Err(LegacyError::FieldNotReturned(*missing));
+    }
+    let portal = transaction
+        .bind(&statement, &[])
+        .await
+        .map_err(LegacyError::Query)?;
+    let mut builder = LegacyRecordBuilder::default();
+    let mut number = 0u64;
+    loop {
+        let rows = transaction
+            .query_portal_raw(&portal, BATCH_ROWS)
+            .await
+            .map_err(LegacyError::Query)?;
+        pin_mut!(rows);
+        let mut in_batch = 0;
+        while let Some(row) = rows.try_next().await.map_err(LegacyError::Query)? {
+            number += 1;
+            in_batch += 1;
+            let user_id = read_row(&columns, &row, number, &mut builder)?;
+            each(
+                &columns,
+                LegacyRow {
+                    number,
+                    user_id,
+                    record: builder.finish(),
+                },
+            )?;
+        }
+        if in_batch < BATCH_ROWS {
+            break;
+        }
+    }
+    // Read-only: committing and rolling back are the same; commit ends it without a warning.
+    transaction.commit().await.map_err(LegacyError::Query)?;
+    Ok(columns)
+}
+
+fn read_row<'r>(
+    columns: &Columns,
+    row: &'r Row,
+    number: u64,
+    builder: &mut LegacyRecordBuilder,
+) -> Result<&'r str, LegacyError> {
+    let value_error = |index: usize, source| LegacyError::Value {
+        row: number,
+        column: row.columns()[index].name().to_owned(),
+        source,
+    };
+    let user_id: Option<&str> = row
+        .try_get(columns.user_id)
+        .map_err(|e| value_error(columns.user_id, e))?;
+    let user_id = user_id.ok_or(LegacyError::NullUserId { row: number })?;
+    if user_id.is_empty() {
+        return Err(LegacyError::EmptyUserId { row: number });
+    }
+    builder.clear();
+    for &(index, field) in &columns.fields {
+        match field.kind() {
+            Kind::Text => {
+                let text: Option<&str> = row.try_get(index).map_err(|e| value_error(index, e))?;
+                if let Some(text) = text {
+                    builder.text(field, text);
+                }
+            }
+            Kind::Bool => {
+                let value: Option<bool> = row.try_get(index).map_err(|e| value_error(index, e))?;
+                if let Some(value) = value {
+                    builder.boolean(field, value);
+                }
+            }
+            Kind::Object => {
+                let json: Option<RawJson<'_>> =
+                    row.try_get(index).map_err(|e| value_error(index, e))?;
+                if let Some(RawJson(json)) = json {
+                    let found = json_kind(json);
+                    if found != "object" {
+                        return Err(LegacyError::MetadataNotObject {
+                            row: number,
+                            user_id: user_id.to_owned(),
+                            column: field.name(),
+                            found,
+                        });
+                    }
+                    builder.object(field, json);
+                }
+            }
+        }
+    }
+    if let Some(index) = columns.updated_at {
+        let at: Option<PgTimestamp> = row.try_get(index).map_err(|e| value_error(index, e))?;
+        if let Some(PgTimestamp(micros)) = at {
+            builder.updated_at(micros);
+        }
+    }
+    Ok(user_id)
+}
+
+/// The JSON type of a document PostgreSQL already validated, from its first character.
+fn json_kind(json: &str) -> &'static str {
+    match json.trim_start().as_bytes().first() {
+        Some(b'{') => "object",
+        Some(b'[') => "array",
+        Some(b'"') => "string",
+        Some(b'n') => "null",
+        Some(b't' | b'f') => "boolean",
+        _ => "number",
+    }
+}
+
+/// A `json` or `jsonb` value as its text, without building a JSON tree.
+struct RawJson<'a>(&'a str);
+
+impl<'a> FromSql<'a> for RawJson<'a> {
+    fn from_sql(ty: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn StdError + Sync + Send>> {
+        let text = if *ty == Type::JSONB {
+            // Binary jsonb is a version byte (1) followed by the JSON text.
+            match raw.split_first() {
+                Some((1, text)) => text,
+                _ => return Err("unsupported jsonb binary format version".into()),
+            }
+        } else {
+            raw
+        };
+        Ok(RawJson(std::str::from_utf8(text)?))
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        matches!(*ty, Type::JSON | Type::JSONB)
+    }
+}
+
+/// A `timestamptz` as microseconds since the Unix epoch.
+struct PgTimestamp(i64);
+
+/// Microseconds from 1970-01-01 to PostgreSQL's epoch, 2000-01-01.
+const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
+
+impl<'a> FromSql<'a> for PgTimestamp {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn StdError + Sync + Send>> {
+        let bytes: [u8; 8] = raw
+            .try_into()
+            .map_err(|_| "timestamptz value is not 8 bytes")?;
+        let since_2000 = i64::from_be_bytes(bytes);
+        // ±infinity are i64::MAX/MIN; saturating keeps them at the ends of time.
+        Ok(PgTimestamp(
+            since_2000.saturating_add(PG_EPOCH_OFFSET_MICROS),
+        ))
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::TIMESTAMPTZ
+    }
+}

@@ -1,0 +1,4 @@
+//! The `driftsync` binary: everything lives in the library; this only hands over the exit code.
+fn main() -> std::process::ExitCode {
+    driftsync::cli::main()
+}

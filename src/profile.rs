@@ -1,0 +1,295 @@
+//! Profile attributes driftsync compares, their values, and the compact record that holds one
+//! legacy user in memory while the Auth0 side is read.
+//!
+//! A run keeps every legacy user in memory until its Auth0 profile arrives, so the record is a
+//! single heap allocation of tagged, length-prefixed values: NULLs take no space and nothing is
+//! parsed twice.
+
+use std::borrow::Cow;
+use std::fmt;
+
+/// A normalized-profile attribute that the legacy side can manage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Field {
+    Email,
+    EmailVerified,
+    Name,
+    Nickname,
+    GivenName,
+    FamilyName,
+    Picture,
+    Username,
+    Blocked,
+    UserMetadata,
+    AppMetadata,
+}
+
+/// The shape of a field's value, which decides the SQL type a legacy column must have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Text,
+    Bool,
+    /// A JSON object (metadata).
+    Object,
+}
+
+impl Field {
+    pub const ALL: [Field; 11] = [
+        Field::Email,
+        Field::EmailVerified,
+        Field::Name,
+        Field::Nickname,
+        Field::GivenName,
+        Field::FamilyName,
+        Field::Picture,
+        Field::Username,
+        Field::Blocked,
+        Field::UserMetadata,
+        Field::AppMetadata,
+    ];
+    pub const COUNT: usize = Field::ALL.len();
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Field::Email => "email",
+            Field::EmailVerified => "email_verified",
+            Field::Name => "name",
+            Field::Nickname => "nickname",
+            Field::GivenName => "given_name",
+            Field::FamilyName => "family_name",
+            Field::Picture => "picture",
+            Field::Username => "username",
+            Field::Blocked => "blocked",
+            Field::UserMetadata => "user_metadata",
+            Field::AppMetadata => "app_metadata",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Field> {
+        Field::ALL.into_iter().find(|f| f.name() == name)
+    }
+
+    pub fn kind(self) -> Kind {
+        match self {
+            Field::EmailVerified | Field::Blocked => Kind::Bool,
+            Field::UserMetadata | Field::AppMetadata => Kind::Object,
+            _ => Kind::Text,
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    fn from_index(index: u8) -> Option<Field> {
+        Field::ALL.get(usize::from(index)).copied()
+    }
+
+    /// Every field name, for error messages.
+    pub fn names() -> String {
+        Field::ALL.map(Field::name).join(", ")
+    }
+}
+
+impl fmt::Display for Field {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl serde::Serialize for Field {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
+/// One attribute value. Metadata stays JSON text until a comparison needs its keys.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value<'a> {
+    Text(Cow<'a, str>),
+    Bool(bool),
+    /// JSON text of an object.
+    Object(Cow<'a, str>),
+}
+
+/// The values one side holds for a user; `None` is "no value" (NULL or absent).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Profile<'a> {
+    values: [Option<Value<'a>>; Field::COUNT],
+}
+
+impl<'a> Profile<'a> {
+    pub fn get(&self, field: Field) -> Option<&Value<'a>> {
+        self.values[field.index()].as_ref()
+    }
+
+    pub fn set(&mut self, field: Field, value: Option<Value<'a>>) {
+        self.values[field.index()] = value;
+    }
+
+    pub fn text(&self, field: Field) -> Option<&str> {
+        match self.get(field) {
+            Some(Value::Text(text)) => Some(text),
+            _ => None,
+        }
+    }
+}
+
+/// Tag byte for the legacy `updated_at` timestamp in a [`LegacyRecord`]; field tags are the
+/// field indexes, so this sits above them.
+const TAG_UPDATED_AT: u8 = 0xFF;
+
+/// One legacy row, packed: `[tag][len: LEB128][bytes]` per non-NULL value, booleans as one
+/// byte, `updated_at` as 8 little-endian bytes of microseconds since the Unix epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LegacyRecord(Box<[u8]>);
+
+/// Builds a [`LegacyRecord`] from borrowed values without intermediate allocations.
+#[derive(Debug, Default)]
+pub struct LegacyRecordBuilder {
+    bytes: Vec<u8>,
+}
+
+impl LegacyRecordBuilder {
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+    }
+
+    pub fn text(&mut self, field: Field, text: &str) {
+        self.push(field.index() as u8, text.as_bytes());
+    }
+
+    pub fn object(&mut self, field: Field, json: &str) {
+        self.push(field.index() as u8, json.as_bytes());
+    }
+
+    pub fn boolean(&mut self, field: Field, value: bool) {
+        self.push(field.index() as u8, &[u8::from(value)]);
+    }
+
+    pub fn updated_at(&mut self, micros: i64) {
+        self.push(TAG_UPDATED_AT, &micros.to_le_bytes());
+    }
+
+    pub fn finish(&self) -> LegacyRecord {
+        LegacyRecord(self.bytes.as_slice().into())
+    }
+
+    fn push(&mut self, tag: u8, bytes: &[u8]) {
+        self.bytes.push(tag);
+        let mut len = bytes.len();
+        loop {
+            let low = (len & 0x7F) as u8;
+            len >>= 7;
+            if len == 0 {
+                self.bytes.push(low);
+                break;
+            }
+            self.bytes.push(low | 0x80);
+        }
+        self.bytes.extend_from_slice(bytes);
+    }
+}
+
+/// A legacy record unpacked into a [`Profile`] borrowing its bytes.
+#[derive(Debug, Default)]
+pub struct LegacyView<'a> {
+    pub profile: Profile<'a>,
+    pub updated_at: Option<i64>,
+}
+
+impl LegacyRecord {
+    /// Heap bytes this record holds (for memory accounting).
+    pub fn heap_len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn view(&self) -> LegacyView<'_> {
+        let mut view = LegacyView::default();
+        let mut rest: &[u8] = &self.0;
+        // The builder is the only writer, so the encoding is well formed; a short read simply
+        // ends the walk instead of panicking.
+        while let Some((&tag, after_tag)) = rest.split_first() {
+            let Some((len, after_len)) = read_len(after_tag) else {
+                break;
+            };
+            let Some((bytes, after_value)) = after_len.split_at_checked(len) else {
+                break;
+            };
+            rest = after_value;
+            if tag == TAG_UPDATED_AT {
+                if let Ok(raw) = <[u8; 8]>::try_from(bytes) {
+                    view.updated_at = Some(i64::from_le_bytes(raw));
+                }
+                continue;
+            }
+            let Some(field) = Field::from_index(tag) else {
+                continue;
+            };
+            let value = match field.kind() {
+                Kind::Bool => Value::Bool(bytes.first() == Some(&1)),
+                Kind::Text => Value::Text(Cow::Borrowed(utf8(bytes))),
+                Kind::Object => Value::Object(Cow::Borrowed(utf8(bytes))),
+            };
+            view.profile.set(field, Some(value));
+        }
+        view
+    }
+}
+
+fn read_len(bytes: &[u8]) -> Option<(usize, &[u8])> {
+    let mut len = 0usize;
+    for (i, &byte) in bytes.iter().enumerate().take(10) {
+        len |= usize::from(byte & 0x7F) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((len, &bytes[i + 1..]));
+        }
+    }
+    None
+}
+
+fn utf8(bytes: &[u8]) -> &str {
+    // Only `&str` values are ever written, so this cannot fail; an empty string is the
+    // harmless answer if it somehow did.
+    std::str::from_utf8(bytes).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_round_trips_every_kind_and_skips_nulls() {
+        let mut builder = LegacyRecordBuilder::default();
+        builder.text(Field::Email, "a@b.io");
+        builder.boolean(Field::Blocked, true);
+        builder.boolean(Field::EmailVerified, false);
+        let long = "x".repeat(300);
+        builder.text(Field::Name, &long);
+        builder.object(Field::UserMetadata, r#"{"k":1}"#);
+        builder.updated_at(-42);
+        let record = builder.finish();
+        let view = record.view();
+        assert_eq!(view.profile.text(Field::Email), Some("a@b.io"));
+        assert_eq!(view.profile.text(Field::Name), Some(long.as_str()));
+        assert_eq!(view.profile.get(Field::Blocked), Some(&Value::Bool(true)));
+        assert_eq!(
+            view.profile.get(Field::EmailVerified),
+            Some(&Value::Bool(false))
+        );
+        assert_eq!(
+            view.profile.get(Field::UserMetadata),
+            Some(&Value::Object(Cow::Borrowed(r#"{"k":1}"#)))
+        );
+        assert_eq!(view.profile.get(Field::Picture), None);
+        assert_eq!(view.updated_at, Some(-42));
+    }
+
+    #[test]
+    fn field_names_round_trip() {
+        for field in Field::ALL {
+            assert_eq!(Field::from_name(field.name()), Some(field));
+        }
+        assert_eq!(Field::from_name("user_id"), None);
+    }
+}
