@@ -10,10 +10,12 @@
 //! - [`classify`]: the equality rules and the status of each user.
 //! - [`reconcile`]: one run: joins both sides, classifies, builds the report.
 //! - [`report`]: the report model and its table, JSON and NDJSON renderings.
+//! - [`datagen`]: deterministic legacy rows and Auth0 exports for benchmarks, tests and demos.
 
 pub mod classify;
 pub mod cli;
 pub mod config;
+pub mod datagen;
 pub mod export;
 pub mod legacy;
 pub mod profile;

@@ -127,7 +127,16 @@ impl Report {
                     serde_json::to_writer(&mut *out, user)?;
                     out.write_all(b"\n")?;
                 }
-                serde_json::to_writer(&mut *out, &serde_json::json!({ "summary": self.summary }))?;
+                #[derive(Serialize)]
+                struct SummaryLine<'a> {
+                    summary: &'a Summary,
+                }
+                serde_json::to_writer(
+                    &mut *out,
+                    &SummaryLine {
+                        summary: &self.summary,
+                    },
+                )?;
                 out.write_all(b"\n")
             }
             Format::Table => out.write_all(self.table().as_bytes()),
@@ -194,7 +203,7 @@ impl Report {
                 first = false;
             }
             if first {
-                let _ = writeln!(text, "{}", head(true));
+                let _ = writeln!(text, "{} (no legacy row)", head(true));
             }
         }
         text

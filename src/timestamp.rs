@@ -10,8 +10,12 @@ pub fn parse_rfc3339(text: &str) -> Option<i64> {
     i64::try_from(parsed.unix_timestamp_nanos() / 1_000).ok()
 }
 
+/// The current time in RFC 3339, to the millisecond (as Auth0 writes its timestamps).
 pub fn now_rfc3339() -> String {
-    OffsetDateTime::now_utc()
+    let now = OffsetDateTime::now_utc();
+    let millis = now.millisecond();
+    now.replace_millisecond(millis)
+        .unwrap_or(now)
         .format(&Rfc3339)
         .unwrap_or_else(|_| String::from("unknown"))
 }

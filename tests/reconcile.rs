@@ -565,3 +565,39 @@ async fn usage_errors_exit_one_not_two() {
     assert_eq!(help.code, 0);
     assert_mentions(&help.stdout, &["--format", "--cache-file", "--output"]);
 }
+
+#[tokio::test]
+async fn a_generated_data_set_gives_exactly_the_expected_mix() {
+    use driftsync::datagen::{self, DataSet};
+    let app = App::new().await;
+    let set = DataSet::new(5_000, 42);
+    datagen::load_legacy(&app.db.client().await, &set)
+        .await
+        .unwrap();
+    let mut export = Vec::new();
+    set.write_export(&mut export).unwrap();
+    app.export_bytes("export.json.gz", &export);
+    app.config(
+        datagen::MAPPING_QUERY,
+        &format!(
+            "[auth0]\nconnection = {:?}\nmigrated = {:?}\n[cache]\nsource = \"file\"\nfile = \"export.json.gz\"",
+            datagen::CONNECTION,
+            datagen::MIGRATED_RULE
+        ),
+    );
+    let run = app.run(&["reconcile", "--format", "json"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    let report = run.json();
+    let expected = serde_json::to_value(set.expected()).unwrap();
+    assert_eq!(report["summary"], expected);
+    let origins: std::collections::BTreeSet<&str> = report["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|user| user["origin"].as_str())
+        .collect();
+    assert_eq!(
+        origins.into_iter().collect::<Vec<_>>(),
+        ["assumed", "timestamp"]
+    );
+}
