@@ -191,8 +191,8 @@ fn create_job(shared: &Arc<Shared>, body: &[u8]) -> Result<Value, ApiError> {
     let answer = job.to_json();
     let id = job.id.clone();
     lock(&shared.jobs).insert(id.clone(), job);
-    let task = tokio::spawn(run(Arc::clone(shared), id));
-    shared.track(task.abort_handle());
+    // Runs on the simulator's runtime, which cancels it when the simulator stops.
+    tokio::spawn(run(Arc::clone(shared), id));
     Ok(answer)
 }
 

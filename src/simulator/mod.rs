@@ -3,6 +3,10 @@
 //! export jobs, and the signed download links of exports — over real HTTP on 127.0.0.1, with
 //! Auth0's validation rules, rate-limit buckets and headers, and injectable faults.
 //!
+//! The server runs on its own thread and Tokio runtime, so it keeps answering while the
+//! caller's runtime is blocked (a test running the driftsync binary with
+//! `std::process::Command`, for example).
+//!
 //! Integration tests, benchmarks and `driftsync demo` start one with [`Simulator::start`],
 //! fill it with [`Simulator::add_connection`] and [`Simulator::insert_user`] or
 //! [`Simulator::load_ndjson`], point driftsync at [`Simulator::base_url`], and afterwards read
@@ -32,8 +36,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::sync::oneshot;
-use tokio::task::{AbortHandle, JoinHandle};
+use std::future::IntoFuture;
+
+use tokio::sync::{oneshot, watch};
 
 pub use faults::Faults;
 pub use limits::{BucketLimit, Limits};
@@ -109,8 +114,6 @@ pub(crate) struct Shared {
     faults: Mutex<Faults>,
     stats: Mutex<Stats>,
     signer: export::Signer,
-    /// Export jobs in flight, aborted when the simulator stops.
-    tasks: Mutex<Vec<AbortHandle>>,
 }
 
 /// Locks a mutex; a handler that panicked while holding it does not stop the simulator.
@@ -149,20 +152,17 @@ impl Shared {
             false
         }
     }
-
-    fn track(&self, task: AbortHandle) {
-        let mut tasks = lock(&self.tasks);
-        tasks.retain(|task| !task.is_finished());
-        tasks.push(task);
-    }
 }
 
-/// A running simulator. Dropping it stops the server too; [`Simulator::shutdown`] does it
-/// gracefully.
+/// How long requests in flight may take to finish once the simulator is asked to stop.
+const GRACE: Duration = Duration::from_secs(1);
+
+/// A running simulator. Dropping it stops the server as well (in the background);
+/// [`Simulator::shutdown`] also waits for it.
 pub struct Simulator {
     shared: Arc<Shared>,
-    stop: Option<oneshot::Sender<()>>,
-    server: Option<JoinHandle<()>>,
+    stop: watch::Sender<bool>,
+    stopped: Option<oneshot::Receiver<()>>,
 }
 
 impl Simulator {
@@ -173,7 +173,9 @@ impl Simulator {
 
     /// Starts a simulator listening on `addr` (port 0 picks a free port).
     pub async fn start_on(addr: SocketAddr, config: SimulatorConfig) -> std::io::Result<Simulator> {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
+        // Bound here so that the port is known, and a bind error reported, before returning.
+        let listener = std::net::TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
         let local = listener.local_addr()?;
         let host = if local.ip().is_unspecified() {
             IpAddr::V4(Ipv4Addr::LOCALHOST)
@@ -191,24 +193,28 @@ impl Simulator {
             faults: Mutex::default(),
             stats: Mutex::default(),
             signer: export::Signer::default(),
-            tasks: Mutex::default(),
         });
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("auth0-simulator")
+            .enable_all()
+            .build()?;
         let app = routes::router(Arc::clone(&shared));
-        let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(async move {
-            let serving = axum::serve(listener, app).with_graceful_shutdown(async {
-                // A dropped sender (the Simulator dropped) also means stop.
-                let _ = stopped.await;
-            });
-            if let Err(error) = serving.await {
-                tracing::warn!(%error, "simulator: the server stopped with an error");
-            }
-        });
+        let (stop, stop_requested) = watch::channel(false);
+        let (stopped_sender, stopped) = oneshot::channel();
+        std::thread::Builder::new()
+            .name("auth0-simulator".into())
+            .spawn(move || {
+                runtime.block_on(serve(listener, app, stop_requested));
+                // Cancels export jobs and connections still open.
+                runtime.shutdown_timeout(Duration::from_millis(100));
+                let _ = stopped_sender.send(());
+            })?;
         tracing::debug!(url = %shared.base_url, "simulator: listening");
         Ok(Simulator {
             shared,
-            stop: Some(stop),
-            server: Some(server),
+            stop,
+            stopped: Some(stopped),
         })
     }
 
@@ -309,28 +315,50 @@ impl Simulator {
     }
 
     /// Stops accepting connections, lets requests in flight finish (for at most a second),
-    /// and cancels export jobs.
+    /// cancels export jobs, and waits until the server thread is done.
     pub async fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(mut server) = self.server.take()
-            && tokio::time::timeout(Duration::from_secs(1), &mut server)
-                .await
-                .is_err()
-        {
-            server.abort();
+        let _ = self.stop.send(true);
+        if let Some(stopped) = self.stopped.take() {
+            let _ = tokio::time::timeout(GRACE * 2, stopped).await;
         }
     }
 }
 
 impl Drop for Simulator {
     fn drop(&mut self) {
-        if let Some(server) = &self.server {
-            server.abort();
+        // Without a receiver the send fails, and the server is stopping anyway.
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Serves until `stop` is set (or its sender dropped), then for at most [`GRACE`] more while
+/// requests in flight finish.
+async fn serve(listener: std::net::TcpListener, app: axum::Router, stop: watch::Receiver<bool>) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(%error, "simulator: cannot listen");
+            return;
         }
-        for task in lock(&self.shared.tasks).drain(..) {
-            task.abort();
+    };
+    let mut graceful = stop.clone();
+    let server = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            // An error means the Simulator was dropped: stop as well.
+            let _ = graceful.wait_for(|stop| *stop).await;
+        })
+        .into_future();
+    let mut deadline = stop;
+    let grace_over = async move {
+        let _ = deadline.wait_for(|stop| *stop).await;
+        tokio::time::sleep(GRACE).await;
+    };
+    tokio::select! {
+        result = server => {
+            if let Err(error) = result {
+                tracing::warn!(%error, "simulator: the server stopped with an error");
+            }
         }
+        () = grace_over => tracing::debug!("simulator: dropping requests still in flight"),
     }
 }

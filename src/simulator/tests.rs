@@ -795,3 +795,26 @@ async fn million_users_load_search_and_export() {
     );
     assert_eq!(gunzip_lines(&file).len() as u64, loaded);
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn answers_while_the_callers_runtime_is_blocked() {
+    use std::io::Write;
+    let sim = Simulator::start(SimulatorConfig::default()).await.unwrap();
+    let address = sim.base_url().trim_start_matches("http://").to_owned();
+    // A blocking client on the only thread of this runtime, like a test that runs the
+    // driftsync binary with std::process::Command.
+    let mut stream = std::net::TcpStream::connect(&address).unwrap();
+    write!(
+        stream,
+        "GET /api/v2/connections HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    sim.shutdown().await;
+    assert!(
+        std::net::TcpStream::connect(&address).is_err(),
+        "stopped listening"
+    );
+}
