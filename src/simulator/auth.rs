@@ -66,7 +66,14 @@ pub(crate) fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), ApiE
         .and_then(|text| text.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, token)| token.trim())
-        .ok_or_else(|| ApiError::unauthorized("Invalid token"))?;
+        .filter(|token| !token.is_empty())
+        .ok_or_else(|| ApiError {
+            // Auth0's answer to an Authorization header that is not `Bearer <token>`.
+            status: StatusCode::BAD_REQUEST,
+            message: "Bad HTTP authentication header format".into(),
+            error_code: None,
+            attributes: None,
+        })?;
     lock(&shared.tokens)
         .check(token)
         .map_err(ApiError::unauthorized)

@@ -16,7 +16,7 @@ use futures_util::stream;
 use super::reply::ApiError;
 
 /// Faults injected into the simulator's answers; change them at any time with
-/// [`Simulator::set_faults`](super::Simulator::set_faults).
+/// [`Simulator::set_faults`](super::Simulator::set_faults). `/oauth/token` is never faulted.
 #[derive(Clone, Debug, Default)]
 pub struct Faults {
     /// Fraction (0.0–1.0) of Management API requests answered 500, 502 or 503. The 500 has

@@ -30,14 +30,13 @@ mod tenant;
 mod tests;
 
 use std::collections::BTreeMap;
+use std::future::IntoFuture;
 use std::io::BufRead;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use serde_json::Value;
-use std::future::IntoFuture;
-
 use tokio::sync::{oneshot, watch};
 
 pub use faults::Faults;
@@ -194,22 +193,36 @@ impl Simulator {
             stats: Mutex::default(),
             signer: export::Signer::default(),
         });
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("auth0-simulator")
-            .enable_all()
-            .build()?;
         let app = routes::router(Arc::clone(&shared));
         let (stop, stop_requested) = watch::channel(false);
+        let (started_sender, started) = oneshot::channel();
         let (stopped_sender, stopped) = oneshot::channel();
+        // The runtime is built and dropped on its own thread: dropping a runtime inside the
+        // caller's async context would panic.
         std::thread::Builder::new()
             .name("auth0-simulator".into())
             .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .thread_name("auth0-simulator")
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(error) => {
+                        let _ = started_sender.send(Err(error));
+                        return;
+                    }
+                };
+                let _ = started_sender.send(Ok(()));
                 runtime.block_on(serve(listener, app, stop_requested));
                 // Cancels export jobs and connections still open.
                 runtime.shutdown_timeout(Duration::from_millis(100));
                 let _ = stopped_sender.send(());
             })?;
+        started
+            .await
+            .map_err(|_| std::io::Error::other("the simulator thread ended while starting"))??;
         tracing::debug!(url = %shared.base_url, "simulator: listening");
         Ok(Simulator {
             shared,

@@ -175,6 +175,15 @@ async fn tokens_are_required_expire_and_can_be_revoked() {
                "attributes": {"error": "Invalid token"}})
     );
 
+    let malformed = h
+        .http
+        .get(h.url("/api/v2/connections"))
+        .header("authorization", "Token abc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
+
     tokio::time::sleep(Duration::from_millis(350)).await;
     let (status, body) = h.get("/api/v2/connections").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
