@@ -11,6 +11,8 @@
 //! - [`reconcile`]: one run: joins both sides, classifies, builds the report.
 //! - [`report`]: the report model and its table, JSON and NDJSON renderings.
 //! - [`datagen`]: deterministic legacy rows and Auth0 exports for benchmarks, tests and demos.
+//! - [`simulator`]: an in-process Auth0 (token endpoint, Management API, export downloads) over
+//!   real HTTP, for integration tests, benchmarks and the demo.
 
 pub mod classify;
 pub mod cli;
@@ -21,4 +23,5 @@ pub mod legacy;
 pub mod profile;
 pub mod reconcile;
 pub mod report;
+pub mod simulator;
 mod timestamp;
