@@ -35,8 +35,11 @@ fn main() -> anyhow::Result<()> {
     let set = DataSet::new(args.users, args.seed);
     let path = |name: &str| args.out.join(name);
 
-    std::fs::write(path("schema.sql"), format!("{};\n", datagen::CREATE_TABLE))?;
-    std::fs::write(path("query.sql"), datagen::MAPPING_QUERY)?;
+    std::fs::write(
+        path("schema.sql"),
+        format!("{};\n", datagen::create_table("users")),
+    )?;
+    std::fs::write(path("query.sql"), datagen::mapping_query("users"))?;
 
     let mut legacy = BufWriter::new(File::create(path("legacy.copy"))?);
     set.write_legacy_copy(&mut legacy)?;

@@ -8,6 +8,7 @@ use std::fmt;
 use serde::Serialize;
 use serde_json::{Map, Value as Json};
 
+use crate::baseline::{self, Change, KeyValues};
 use crate::export::Auth0User;
 use crate::profile::{Field, Kind, LegacyView, Profile, Value};
 
@@ -83,6 +84,10 @@ pub struct Verdict {
     pub status: Status,
     pub origin: Option<Origin>,
     pub diffs: Vec<FieldDiff>,
+    /// Every compared key of a user present on both sides, canonical (for baselines).
+    pub keys: Vec<KeyValues>,
+    /// Indexes into `keys` of the differing keys the legacy side changed (what a push sends).
+    pub legacy_changed: Vec<usize>,
 }
 
 impl Verdict {
@@ -91,15 +96,22 @@ impl Verdict {
             status,
             origin: None,
             diffs: Vec::new(),
+            keys: Vec::new(),
+            legacy_changed: Vec::new(),
         }
     }
 }
 
-/// Classifies one user id; at least one side is present.
+/// A user's baseline hashes by key.
+pub type UserBaseline<'a> = &'a [(String, i64)];
+
+/// Classifies one user id; at least one side is present. `baseline` holds the user's stored
+/// baseline hashes, if any.
 pub fn classify(
     fields: &[Field],
     legacy: Option<&LegacyView<'_>>,
     auth0: Option<&Auth0User<'_>>,
+    baseline: Option<UserBaseline<'_>>,
 ) -> Verdict {
     let (legacy, auth0) = match (legacy, auth0) {
         (Some(legacy), Some(auth0)) => (legacy, auth0),
@@ -107,29 +119,122 @@ pub fn classify(
         (None, Some(auth0)) if auth0.migrated => return Verdict::plain(Status::Orphaned),
         (None, _) => return Verdict::plain(Status::StaleCache),
     };
-    let diffs: Vec<FieldDiff> = fields
+    let baseline = baseline.unwrap_or_default();
+    let remembered: Vec<&str> = baseline
         .iter()
-        .filter_map(|&field| diff(field, &legacy.profile, &auth0.profile))
+        .map(|(key, _)| key.as_str())
+        .filter(|key| key.contains('.'))
         .collect();
-    if diffs.is_empty() {
-        return Verdict::plain(Status::InSync);
+    let keys = baseline::key_values(fields, &legacy.profile, &auth0.profile, &remembered);
+    let differing: Vec<usize> = (0..keys.len()).filter(|&i| keys[i].differs()).collect();
+    if differing.is_empty() {
+        return Verdict {
+            keys,
+            ..Verdict::plain(Status::InSync)
+        };
     }
-    let (status, origin) = if !auth0.migrated {
-        (Status::StaleCache, None)
-    } else {
-        match (legacy.updated_at, auth0.created_at) {
-            (Some(changed), Some(migrated)) if changed > migrated => {
-                (Status::Stranded, Some(Origin::Timestamp))
-            }
-            (Some(_), Some(_)) => (Status::Auth0Ahead, Some(Origin::Timestamp)),
-            _ => (Status::Stranded, Some(Origin::Assumed)),
+    let diffs = report_diffs(fields, &legacy.profile, &auth0.profile, &keys, &differing);
+    if !auth0.migrated {
+        return Verdict {
+            status: Status::StaleCache,
+            origin: None,
+            diffs,
+            keys,
+            legacy_changed: Vec::new(),
+        };
+    }
+    // Without a baseline for a key, the timestamps decide, or the legacy side is assumed.
+    let fallback = match (legacy.updated_at, auth0.created_at) {
+        (Some(changed), Some(migrated)) if changed > migrated => {
+            (Change::Legacy, Origin::Timestamp)
         }
+        (Some(_), Some(_)) => (Change::Auth0, Origin::Timestamp),
+        _ => (Change::Legacy, Origin::Assumed),
+    };
+    let mut legacy_changed = Vec::new();
+    let mut legacy_origin = None;
+    let mut auth0_origin = None;
+    let mut conflict = false;
+    for &index in &differing {
+        let (change, origin) = match baseline.iter().find(|(key, _)| *key == keys[index].key) {
+            Some((_, hash)) => (baseline::change(&keys[index], *hash), Origin::Baseline),
+            None => fallback,
+        };
+        // A baseline is the stronger evidence: it names the origin when it took part.
+        let prefer = |current: Option<Origin>| match current {
+            Some(Origin::Baseline) => Some(Origin::Baseline),
+            _ => Some(origin),
+        };
+        match change {
+            Change::Legacy => {
+                legacy_changed.push(index);
+                legacy_origin = prefer(legacy_origin);
+            }
+            Change::Auth0 => auth0_origin = prefer(auth0_origin),
+            Change::Both => conflict = true,
+        }
+    }
+    let (status, origin) = if conflict {
+        (Status::Conflict, Some(Origin::Baseline))
+    } else if !legacy_changed.is_empty() {
+        (Status::Stranded, legacy_origin)
+    } else {
+        (Status::Auth0Ahead, auth0_origin)
     };
     Verdict {
         status,
         origin,
         diffs,
+        keys,
+        legacy_changed,
     }
+}
+
+/// The report's per-field differences: root fields with both values, metadata fields with the
+/// differing first-level keys only.
+fn report_diffs(
+    fields: &[Field],
+    legacy: &Profile<'_>,
+    auth0: &Profile<'_>,
+    keys: &[KeyValues],
+    differing: &[usize],
+) -> Vec<FieldDiff> {
+    let mut diffs = Vec::new();
+    for &field in fields {
+        if field.kind() != Kind::Object {
+            diffs.extend(diff(field, legacy, auth0));
+            continue;
+        }
+        let prefix = format!("{}.", field.name());
+        let names: Vec<&str> = differing
+            .iter()
+            .filter_map(|&index| keys[index].key.strip_prefix(&prefix))
+            .collect();
+        if names.is_empty() {
+            continue;
+        }
+        let legacy_object = baseline::object(legacy.get(field));
+        let auth0_object = baseline::object(auth0.get(field));
+        let pick = |object: &Map<String, Json>| {
+            Json::Object(
+                names
+                    .iter()
+                    .map(|name| {
+                        (
+                            (*name).to_owned(),
+                            object.get(*name).cloned().unwrap_or(Json::Null),
+                        )
+                    })
+                    .collect(),
+            )
+        };
+        diffs.push(FieldDiff {
+            field,
+            legacy: pick(&legacy_object),
+            auth0: pick(&auth0_object),
+        });
+    }
+    diffs
 }
 
 /// Compares one field; `None` when the two sides count as equal.
@@ -162,7 +267,11 @@ pub fn diff(field: Field, legacy: &Profile<'_>, auth0: &Profile<'_>) -> Option<F
                 auth0: auth0_value.map_or(Json::Null, Json::Bool),
             })
         }
-        Kind::Object => metadata_diff(field, legacy.get(field), auth0.get(field)),
+        Kind::Object => {
+            let keys = baseline::key_values(&[field], legacy, auth0, &[]);
+            let differing: Vec<usize> = (0..keys.len()).filter(|&i| keys[i].differs()).collect();
+            report_diffs(&[field], legacy, auth0, &keys, &differing).pop()
+        }
     }
 }
 
@@ -183,7 +292,7 @@ pub fn emails_equal(a: &str, b: &str) -> bool {
 
 /// Whether an Auth0 value is what Auth0 generates when the Login script returns none, given
 /// the email of either side (the email may have changed since the value was generated).
-fn is_generated_default(
+pub(crate) fn is_generated_default(
     field: Field,
     value: &str,
     legacy: &Profile<'_>,
@@ -222,61 +331,6 @@ fn is_generated_picture(url: &str) -> bool {
     ]
     .iter()
     .any(|prefix| rest.starts_with(prefix))
-}
-
-/// Compares the first-level keys the legacy object has; keys only Auth0 has are Auth0's own.
-fn metadata_diff(
-    field: Field,
-    legacy: Option<&Value<'_>>,
-    auth0: Option<&Value<'_>>,
-) -> Option<FieldDiff> {
-    let legacy = object(legacy);
-    if legacy.is_empty() {
-        return None;
-    }
-    let auth0 = object(auth0);
-    let mut legacy_differing = Map::new();
-    let mut auth0_differing = Map::new();
-    for (key, legacy_value) in legacy {
-        let auth0_value = auth0.get(&key).cloned().unwrap_or(Json::Null);
-        if !json_equal(&legacy_value, &auth0_value) {
-            auth0_differing.insert(key.clone(), auth0_value);
-            legacy_differing.insert(key, legacy_value);
-        }
-    }
-    (!legacy_differing.is_empty()).then_some(FieldDiff {
-        field,
-        legacy: Json::Object(legacy_differing),
-        auth0: Json::Object(auth0_differing),
-    })
-}
-
-fn object(value: Option<&Value<'_>>) -> Map<String, Json> {
-    match value {
-        // Both readers only store text that starts as an object; anything unparsable counts
-        // as no keys rather than inventing a difference.
-        Some(Value::Object(text)) => serde_json::from_str(text).unwrap_or_default(),
-        _ => Map::new(),
-    }
-}
-
-/// JSON equality where numbers compare by value (`1` = `1.0`).
-fn json_equal(a: &Json, b: &Json) -> bool {
-    match (a, b) {
-        (Json::Number(x), Json::Number(y)) => match (x.as_i64(), y.as_i64()) {
-            (Some(x), Some(y)) => x == y,
-            _ => x.as_f64() == y.as_f64(),
-        },
-        (Json::Array(x), Json::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| json_equal(x, y))
-        }
-        (Json::Object(x), Json::Object(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .all(|(key, value)| y.get(key).is_some_and(|other| json_equal(value, other)))
-        }
-        _ => a == b,
-    }
 }
 
 #[cfg(test)]
@@ -472,7 +526,7 @@ mod tests {
         let old = [(Field::Email, text("old@x.io"))];
         let new = [(Field::Email, text("new@x.io"))];
         let status = |l: Option<&LegacyView>, a: Option<&Auth0User>| {
-            let verdict = classify(&fields, l, a);
+            let verdict = classify(&fields, l, a, None);
             (verdict.status, verdict.origin)
         };
         assert_eq!(
@@ -522,11 +576,42 @@ mod tests {
     }
 
     #[test]
+    fn baselines_decide_the_three_cases() {
+        let fields = [Field::Name];
+        let named = |name: &'static str| [(Field::Name, text(name))];
+        let agreed = vec![("name".to_owned(), baseline::hash(Some("Old")))];
+        let case = |l: &'static str, a: &'static str| {
+            // Timestamps that would say "auth0_ahead": the baseline must win over them.
+            let verdict = classify(
+                &fields,
+                Some(&legacy(Some(5), &named(l))),
+                Some(&auth0(true, Some(10), &named(a))),
+                Some(&agreed),
+            );
+            (verdict.status, verdict.origin)
+        };
+        assert_eq!(
+            case("New", "Old"),
+            (Status::Stranded, Some(Origin::Baseline))
+        );
+        assert_eq!(
+            case("Old", "New"),
+            (Status::Auth0Ahead, Some(Origin::Baseline))
+        );
+        assert_eq!(
+            case("New", "Newer"),
+            (Status::Conflict, Some(Origin::Baseline))
+        );
+        assert_eq!(case("Same", "Same").0, Status::InSync);
+    }
+
+    #[test]
     fn only_configured_fields_are_compared() {
         let verdict = classify(
             &[Field::Name],
             Some(&legacy(None, &[(Field::Email, text("new@x.io"))])),
             Some(&auth0(true, None, &[(Field::Email, text("old@x.io"))])),
+            None,
         );
         assert_eq!(verdict.status, Status::InSync);
     }

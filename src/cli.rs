@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::config::{Config, ProcessEnv};
 use crate::reconcile::{self, RunOptions};
 use crate::report::{self, Format};
+use crate::{check, demo};
 
 const EXIT_ERROR: u8 = 1;
 const EXIT_NEEDS_ACTION: u8 = 2;
@@ -22,8 +23,10 @@ const EXIT_NEEDS_ACTION: u8 = 2;
     about = "Finds legacy-database changes that never reach Auth0 because the user was already migrated",
     long_about = "Finds legacy-database changes that never reach Auth0 because the user was already migrated.\n\n\
         driftsync reads the legacy PostgreSQL database (read only, through the mapping query in the \
-        config) and Auth0's copy of the profiles (a users-export file), matches them by user id and \
-        reports which users have stranded changes, and why it thinks so.\n\n\
+        config) and Auth0's copy of the profiles (a users-export job through the Management API, or \
+        an export file), matches them by user id and reports which users have stranded changes, \
+        and why it thinks so.\n\n\
+        New here? `driftsync demo` shows the whole job on generated data.\n\n\
         Exit codes: 0 nothing to act on; 2 stranded, conflict or orphaned users remain; 1 error.",
     after_help = "Configuration keys are documented in config/driftsync.example.toml. \
         Logs go to stderr; set DRIFTSYNC_LOG (e.g. DRIFTSYNC_LOG=debug) to change their level."
@@ -45,11 +48,40 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// One full run: read both sides, classify every user, print the report.
+    /// One full run: read both sides, classify every user, print the report; with --push, send
+    /// the stranded changes to Auth0.
     ///
-    /// Report-only: nothing is written to the legacy database or to Auth0. Exits 2 when
-    /// stranded, conflict or orphaned users remain, 0 when there is nothing to act on.
+    /// Report-only by default: nothing is written to the legacy database (ever) or to Auth0.
+    /// Exits 2 when stranded, conflict or orphaned users remain un-pushed, 0 when there is
+    /// nothing to act on. SIGTERM or Ctrl-C during a push stops new requests, lets those in
+    /// flight finish and be journaled, and exits 1.
     Reconcile(ReconcileArgs),
+    /// Check the configuration without writing anything: validate it, run the mapping query
+    /// with LIMIT 0 (read only), get an Auth0 token and read the connection, open the export
+    /// file; print what was found.
+    Check,
+    /// Show the whole job on generated data: a throwaway PostgreSQL, a simulated Auth0 tenant,
+    /// a report-only reconcile through a users-export job, and what the report means.
+    ///
+    /// Needs no Auth0 account and no configuration file. Needs the PostgreSQL server binaries
+    /// (initdb, pg_ctl) unless --legacy-url is given.
+    Demo(DemoArgs),
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Use this PostgreSQL database instead of starting a throwaway server; the demo creates
+    /// (and drops again) a table named driftsync_demo_users in it.
+    #[arg(long, value_name = "URL")]
+    legacy_url: Option<String>,
+
+    /// Number of generated users.
+    #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    users: u64,
+
+    /// Seed of the generated data (the same seed gives the same users).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
 
 #[derive(Args)]
@@ -67,6 +99,23 @@ struct ReconcileArgs {
     /// what `[cache]` in the config says.
     #[arg(long, value_name = "FILE")]
     cache_file: Option<PathBuf>,
+
+    /// Push the stranded changes to Auth0 (PATCH, journaled, rate limited). Without it (and
+    /// without `reconcile.push = true`) the run only reports.
+    #[arg(long)]
+    push: bool,
+
+    /// Override `reconcile.max_push_fraction` for this run, after checking that the planned
+    /// changes are real.
+    #[arg(long, value_name = "FRACTION", requires = "push", value_parser = fraction)]
+    max_push_fraction: Option<f64>,
+}
+
+fn fraction(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(value) if (0.0..=1.0).contains(&value) => Ok(value),
+        _ => Err(format!("{text:?} is not a number between 0 and 1")),
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -121,9 +170,27 @@ pub fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
-    let config = Config::load(&cli.config, &ProcessEnv)?;
     match cli.command {
-        Command::Reconcile(args) => reconcile_command(&config, args).await,
+        Command::Reconcile(args) => {
+            let config = Config::load(&cli.config, &ProcessEnv)?;
+            reconcile_command(&config, args).await
+        }
+        Command::Check => {
+            let config = Config::load(&cli.config, &ProcessEnv)?;
+            let mut out = std::io::stdout().lock();
+            check::run(&config, &ProcessEnv, &mut out).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo(args) => {
+            let options = demo::DemoOptions {
+                legacy_url: args.legacy_url,
+                users: args.users,
+                seed: args.seed,
+            };
+            let mut out = std::io::stdout().lock();
+            demo::run(&options, &mut out).await?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -131,8 +198,12 @@ async fn reconcile_command(config: &Config, args: ReconcileArgs) -> anyhow::Resu
     let options = RunOptions {
         cache_file: args.cache_file,
         progress: true,
+        push: args.push,
+        max_push_fraction: args.max_push_fraction,
+        ..RunOptions::default()
     };
-    let report = reconcile::run(config, &options).await?;
+    stop_on_signals(options.stop.clone());
+    let report = reconcile::run(config, &options, &ProcessEnv).await?;
     let format = Format::from(args.format);
     match &args.output {
         Some(path) => report::write_atomically(path, |out| report.render(format, out))
@@ -151,6 +222,34 @@ async fn reconcile_command(config: &Config, args: ReconcileArgs) -> anyhow::Resu
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Cancels `stop` on the first SIGTERM or SIGINT; a second one ends the process at once.
+fn stop_on_signals(stop: tokio_util::sync::CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    tokio::spawn(async move {
+        let (Ok(mut term), Ok(mut interrupt)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::warn!("cannot listen for SIGTERM/SIGINT");
+            return;
+        };
+        for round in 0..2 {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+            if round == 0 {
+                tracing::warn!(
+                    "stopping: no new pushes start; those in flight finish and are journaled"
+                );
+                stop.cancel();
+            } else {
+                std::process::exit(i32::from(EXIT_ERROR));
+            }
+        }
+    });
 }
 
 fn init_logging() {

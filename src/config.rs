@@ -18,7 +18,7 @@ pub const ENV_CLIENT_SECRET: &str = "DRIFTSYNC_AUTH0_CLIENT_SECRET";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -97,6 +97,8 @@ pub struct Cache {
 pub struct Reconcile {
     /// `None`: every field the legacy query returns.
     pub fields: Option<Vec<Field>>,
+    /// Root attributes a push may set on migrated users; `None`: the documented default.
+    pub push_fields: Option<Vec<Field>>,
     pub push: bool,
     pub max_push_fraction: f64,
     pub orphans: OrphanAction,
@@ -165,6 +167,7 @@ struct RawCache {
 #[serde(deny_unknown_fields)]
 struct RawReconcile {
     fields: Option<Vec<String>>,
+    push_fields: Option<Vec<String>>,
     push: Option<bool>,
     max_push_fraction: Option<f64>,
     orphans: Option<String>,
@@ -193,6 +196,15 @@ struct RawState {
 /// environment.
 pub trait Environment {
     fn var(&self, name: &str) -> Option<String>;
+}
+
+/// No environment at all (the demo, which must not pick up a real tenant's secrets).
+pub struct NoEnv;
+
+impl Environment for NoEnv {
+    fn var(&self, _: &str) -> Option<String> {
+        None
+    }
 }
 
 /// The real process environment.
@@ -289,42 +301,24 @@ impl Config {
             }
         };
 
-        let fields = match raw.reconcile.fields {
-            None => None,
-            Some(names) => {
-                let mut fields = Vec::with_capacity(names.len());
-                for name in &names {
-                    let field = Field::from_name(name).ok_or_else(|| {
-                        invalid(
-                            "reconcile.fields",
-                            format!("unknown field {name:?}; known fields: {}", Field::names()),
-                        )
-                    })?;
-                    if fields.contains(&field) {
-                        return Err(invalid(
-                            "reconcile.fields",
-                            format!("{name:?} is listed twice"),
-                        ));
-                    }
-                    fields.push(field);
-                }
-                if fields.is_empty() {
-                    return Err(invalid(
-                        "reconcile.fields",
-                        "is empty: list at least one field, or remove the key to compare every field the query returns".into(),
-                    ));
-                }
-                fields.sort();
-                Some(fields)
-            }
-        };
-        let push = raw.reconcile.push.unwrap_or(false);
-        if push {
+        let fields = field_list(raw.reconcile.fields.as_deref())
+            .map_err(|message| invalid("reconcile.fields", message))?;
+        let push_fields = field_list(raw.reconcile.push_fields.as_deref())
+            .map_err(|message| invalid("reconcile.push_fields", message))?;
+        if let Some(push_fields) = &push_fields
+            && let Some(field) = push_fields.iter().find(|field| {
+                matches!(
+                    field,
+                    Field::UserMetadata | Field::AppMetadata | Field::Blocked
+                )
+            })
+        {
             return Err(invalid(
-                "reconcile.push",
-                "pushing changes to Auth0 is not available in this version of driftsync; remove the key or set it to false".into(),
+                "reconcile.push_fields",
+                format!("{field} is always pushable; list only root profile attributes"),
             ));
         }
+        let push = raw.reconcile.push.unwrap_or(false);
         let max_push_fraction = raw.reconcile.max_push_fraction.unwrap_or(0.05);
         if !(0.0..=1.0).contains(&max_push_fraction) {
             return Err(invalid(
@@ -385,6 +379,7 @@ impl Config {
             },
             reconcile: Reconcile {
                 fields,
+                push_fields,
                 push,
                 max_push_fraction,
                 orphans,
@@ -399,6 +394,29 @@ impl Config {
             },
         })
     }
+}
+
+/// A list of field names: known, not repeated, not empty; sorted in canonical order.
+fn field_list(names: Option<&[String]>) -> Result<Option<Vec<Field>>, String> {
+    let Some(names) = names else {
+        return Ok(None);
+    };
+    let mut fields = Vec::with_capacity(names.len());
+    for name in names {
+        let field = Field::from_name(name)
+            .ok_or_else(|| format!("unknown field {name:?}; known fields: {}", Field::names()))?;
+        if fields.contains(&field) {
+            return Err(format!("{name:?} is listed twice"));
+        }
+        fields.push(field);
+    }
+    if fields.is_empty() {
+        return Err(
+            "is empty: list at least one field, or remove the key to use the default".into(),
+        );
+    }
+    fields.sort();
+    Ok(Some(fields))
 }
 
 fn check_cron(expression: &str) -> Result<(), String> {
@@ -459,6 +477,16 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_parses_with_its_stated_defaults() {
+        let example = include_str!("../config/driftsync.example.toml");
+        let config = parse(example).unwrap();
+        assert_eq!(config.auth0.migrated, MigratedRule::ImportMode);
+        assert_eq!(config.cache.source, CacheSource::Export);
+        assert_eq!(config.auth0.connection, "legacy-users");
+        assert!(config.legacy.query.contains("AS user_id"));
+    }
+
+    #[test]
     fn unknown_keys_are_rejected_with_their_name() {
         let message = error_of(&MINIMAL.replace("[cache]", "[cache]\nsorce = \"file\""));
         assert!(message.contains("sorce"), "{message}");
@@ -510,7 +538,14 @@ mod tests {
                 "reconcile.max_push_fraction",
             ),
             ("[reconcile]\norphans = \"delete\"", "reconcile.orphans"),
-            ("[reconcile]\npush = true", "reconcile.push"),
+            (
+                "[reconcile]\npush_fields = [\"blocked\"]",
+                "reconcile.push_fields",
+            ),
+            (
+                "[reconcile]\npush_fields = [\"nmae\"]",
+                "reconcile.push_fields",
+            ),
             ("[schedule]\nfull = \"every day\"", "schedule.full"),
             (
                 "[schedule]\nfull = \"0 0 3 * * *\"\nchanges = \"*/5 * *\"",

@@ -2,16 +2,19 @@
 //! Auth0 users export (NDJSON), with a known mix of statuses. Benchmarks, tests and the demo
 //! use it; the same seed and size always give the same bytes.
 //!
-//! The legacy table is `users (id bigint, email text, email_verified boolean, name text,
-//! given_name text, family_name text, blocked boolean, metadata jsonb, updated_at
-//! timestamptz)`; [`MAPPING_QUERY`] maps it to profile attributes, and Auth0 marks migrated
-//! users with `app_metadata.migrated = true`.
+//! The legacy table is `(id bigint, email text, email_verified boolean, name text, given_name
+//! text, family_name text, blocked boolean, metadata jsonb, updated_at timestamptz)`;
+//! [`mapping_query`] maps it to profile attributes, and Auth0 marks migrated users with
+//! `app_metadata.migrated = true` ([`MIGRATED_RULE`]).
 
 use std::io::{self, Write};
 
 use crate::report::Summary;
 
-pub const CREATE_TABLE: &str = "CREATE TABLE users (
+/// The legacy table, named `table`.
+pub fn create_table(table: &str) -> String {
+    format!(
+        "CREATE TABLE {table} (
     id bigint PRIMARY KEY,
     email text NOT NULL,
     email_verified boolean,
@@ -21,12 +24,21 @@ pub const CREATE_TABLE: &str = "CREATE TABLE users (
     blocked boolean NOT NULL DEFAULT false,
     metadata jsonb,
     updated_at timestamptz
-)";
+)"
+    )
+}
 
-pub const COPY_COLUMNS: &str = "users (id, email, email_verified, name, given_name, family_name, blocked, metadata, updated_at)";
+/// The column list for `COPY` of [`DataSet::write_legacy_copy`]'s rows.
+pub const COPY_COLUMNS: &str =
+    "(id, email, email_verified, name, given_name, family_name, blocked, metadata, updated_at)";
 
-pub const MAPPING_QUERY: &str = "SELECT id::text AS user_id, email, email_verified, name, \
-    given_name, family_name, blocked, metadata AS user_metadata, updated_at FROM users";
+/// The mapping query (what the Login script would map) for the table.
+pub fn mapping_query(table: &str) -> String {
+    format!(
+        "SELECT id::text AS user_id, email, email_verified, name, given_name, family_name, \
+         blocked, metadata AS user_metadata, updated_at FROM {table}"
+    )
+}
 
 pub const CONNECTION: &str = "legacy-users";
 pub const MIGRATED_RULE: &str = "app_metadata.migrated";
@@ -160,7 +172,7 @@ impl DataSet {
         summary
     }
 
-    /// Writes the legacy rows in PostgreSQL's COPY text format (for `COPY` [`COPY_COLUMNS`]).
+    /// Writes the legacy rows in PostgreSQL's COPY text format (for `COPY t` [`COPY_COLUMNS`]).
     pub fn write_legacy_copy(&self, out: &mut dyn Write) -> io::Result<()> {
         for id in 1..=self.users {
             self.write_legacy_row(id, out)?;
@@ -259,16 +271,17 @@ impl DataSet {
     }
 }
 
-/// Creates the `users` table in the database `client` is connected to and loads the legacy rows
-/// with `COPY`, in chunks so that memory stays flat for any size.
+/// Creates `table` in the database `client` is connected to and loads the legacy rows with
+/// `COPY`, in chunks so that memory stays flat for any size.
 pub async fn load_legacy(
     client: &tokio_postgres::Client,
     set: &DataSet,
+    table: &str,
 ) -> Result<u64, tokio_postgres::Error> {
     use futures_util::SinkExt;
-    client.batch_execute(CREATE_TABLE).await?;
+    client.batch_execute(&create_table(table)).await?;
     let sink = client
-        .copy_in(&format!("COPY {COPY_COLUMNS} FROM STDIN"))
+        .copy_in(&format!("COPY {table} {COPY_COLUMNS} FROM STDIN"))
         .await?;
     futures_util::pin_mut!(sink);
     let mut chunk = Vec::with_capacity(1 << 20);

@@ -28,12 +28,12 @@ pub const USER_ID_PREFIX: &str = "auth0|";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
-    #[error("cannot open the Auth0 export {path}: {source}")]
+    #[error("cannot open the Auth0 export {path}")]
     Open {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("Auth0 export {source_name}: reading after line {line} failed: {source}")]
+    #[error("Auth0 export {source_name}: reading after line {line} failed")]
     Read {
         source_name: String,
         line: u64,
@@ -176,13 +176,14 @@ pub fn decompressing<R: BufRead + Send + 'static>(
     }
 }
 
-/// Reads every line and calls `each` for each user of the configured connection.
-pub fn read(
+/// Reads every line and calls `each` for each user of the configured connection (with its
+/// line number); an error from `each` stops the read and is returned as is.
+pub fn read<E: From<ExportError>>(
     source_name: &str,
     mut input: impl BufRead,
     filter: &ExportFilter,
-    mut each: impl FnMut(u64, Auth0User<'_>) -> Result<(), ExportError>,
-) -> Result<ExportStats, ExportError> {
+    mut each: impl FnMut(u64, Auth0User<'_>) -> Result<(), E>,
+) -> Result<ExportStats, E> {
     let mut stats = ExportStats::default();
     let mut buffer = Vec::with_capacity(4096);
     loop {
@@ -199,17 +200,18 @@ pub fn read(
         if read == 0 {
             break;
         }
-        stats.lines = line_number;
         let line_error = |message: String| ExportError::Line {
             source_name: source_name.to_owned(),
             line: line_number,
             message,
         };
+        stats.lines = line_number;
         if buffer.len() > MAX_LINE_BYTES {
             return Err(line_error(format!(
                 "longer than {} bytes; the file is damaged or not an Auth0 export",
                 MAX_LINE_BYTES
-            )));
+            ))
+            .into());
         }
         let text = buffer.trim_ascii();
         if text.is_empty() {
@@ -217,7 +219,7 @@ pub fn read(
         }
         let line: Line<'_> = serde_json::from_slice(text)
             .map_err(|error| line_error(format!("not a valid export line: {error}")))?;
-        match interpret(line, filter).map_err(line_error)? {
+        match interpret(line, filter).map_err(&line_error)? {
             Interpreted::User(user) => {
                 stats.users += 1;
                 each(line_number, user)?;
@@ -341,7 +343,7 @@ mod tests {
 
     fn read_all(text: &str, migrated: MigratedRule) -> Result<Vec<(String, bool)>, ExportError> {
         let mut users = Vec::new();
-        read("t", text.as_bytes(), &filter(migrated), |_, user| {
+        read::<ExportError>("t", text.as_bytes(), &filter(migrated), |_, user| {
             users.push((user.legacy_id.to_owned(), user.migrated));
             Ok(())
         })?;
@@ -426,7 +428,7 @@ mod tests {
         let mut bytes = b"{\"user_id\":\"auth0|1\",\"name\":\"".to_vec();
         bytes.extend_from_slice(&[0xff, 0xfe]);
         bytes.extend_from_slice(b"\"}\n");
-        let error = read(
+        let error = read::<ExportError>(
             "t",
             bytes.as_slice(),
             &filter(MigratedRule::Always),
@@ -452,7 +454,7 @@ mod tests {
         let gz = encoder.finish().unwrap();
         let input = decompressing(std::io::Cursor::new(gz)).unwrap();
         let mut ids = Vec::new();
-        read("t", input, &filter(MigratedRule::Always), |_, user| {
+        read::<ExportError>("t", input, &filter(MigratedRule::Always), |_, user| {
             ids.push(user.legacy_id.to_owned());
             Ok(())
         })

@@ -21,9 +21,9 @@ const ID_COLUMN: &str = "user_id";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LegacyError {
-    #[error("cannot connect to the legacy database: {0}")]
+    #[error("cannot connect to the legacy database")]
     Connect(#[source] tokio_postgres::Error),
-    #[error("legacy query failed: {0}")]
+    #[error("legacy query failed")]
     Query(#[source] tokio_postgres::Error),
     #[error(
         "legacy query returns no `user_id` column: alias the user id, e.g. `SELECT id::text AS user_id, …`"
@@ -65,7 +65,7 @@ pub enum LegacyError {
         column: &'static str,
         found: &'static str,
     },
-    #[error("legacy row {row}: cannot read column `{column}`: {source}")]
+    #[error("legacy row {row}: cannot read column `{column}`")]
     Value {
         row: u64,
         column: String,
@@ -197,6 +197,26 @@ pub async fn describe(client: &mut Client, query: &str) -> Result<Columns, Legac
         .await
         .map_err(LegacyError::Query)?;
     Columns::check(statement.columns())
+}
+
+/// Runs the query with `LIMIT 0` in a read-only transaction: proves that it executes,
+/// privileges included, without reading a row.
+pub async fn run_empty(client: &mut Client, query: &str) -> Result<(), LegacyError> {
+    let transaction = client
+        .build_transaction()
+        .read_only(true)
+        .start()
+        .await
+        .map_err(LegacyError::Query)?;
+    let inner = query.trim().trim_end_matches(';');
+    transaction
+        .query(
+            &format!("SELECT * FROM ({inner}) AS driftsync_check LIMIT 0"),
+            &[],
+        )
+        .await
+        .map_err(LegacyError::Query)?;
+    transaction.commit().await.map_err(LegacyError::Query)
 }
 
 /// One legacy row, borrowed from the fetched batch.

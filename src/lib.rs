@@ -1,27 +1,38 @@
 //! driftsync: finds the users whose legacy-database changes never reach Auth0 because Auth0
 //! already migrated them, and reports them.
 //!
-//! The binary (`main.rs`) only parses the command line and calls [`cli::run`]; every concern
+//! The binary (`main.rs`) only parses the command line and calls [`cli::main`]; every concern
 //! lives in its own module:
+//! - [`auth0`]: the Management API client (token, rate limits, retries) and the export job.
 //! - [`config`]: the TOML configuration, environment overrides and validation.
 //! - [`profile`]: profile fields, their values and the compact per-user legacy record.
 //! - [`legacy`]: streams the mapping query from the legacy PostgreSQL database (read only).
 //! - [`export`]: reads Auth0's user export (gzip or plain NDJSON).
+//! - [`check`]: the `check` command: proves a configuration works, writing nothing.
 //! - [`classify`]: the equality rules and the status of each user.
-//! - [`reconcile`]: one run: joins both sides, classifies, builds the report.
+//! - [`baseline`]: canonical values and hashes of what both sides last agreed on.
+//! - [`state`]: the SQLite state file: runs, baselines, the push journal.
+//! - [`push`]: planning Auth0-acceptable PATCH requests and applying them journaled.
+//! - [`reconcile`]: one run: joins both sides, classifies, pushes, builds the report.
 //! - [`report`]: the report model and its table, JSON and NDJSON renderings.
+//! - [`simulator`]: a faithful Auth0 Management API simulator for tests, benchmarks and the demo.
+//! - [`demo`]: the `demo` command: the whole job on generated data.
 //! - [`datagen`]: deterministic legacy rows and Auth0 exports for benchmarks, tests and demos.
-//! - [`simulator`]: an in-process Auth0 (token endpoint, Management API, export downloads) over
-//!   real HTTP, for integration tests, benchmarks and the demo.
 
+pub mod auth0;
+pub mod baseline;
+pub mod check;
 pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod datagen;
+pub mod demo;
 pub mod export;
 pub mod legacy;
 pub mod profile;
+pub mod push;
 pub mod reconcile;
 pub mod report;
 pub mod simulator;
+pub mod state;
 mod timestamp;

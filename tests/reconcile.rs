@@ -397,7 +397,7 @@ async fn bad_config_keys_are_named() {
     );
     assert_mentions(
         &fails(&app, &["reconcile"]),
-        &["import_mode", "auth0.migrated"],
+        &["import_mode", "auth0.migrated", "auth0.domain"],
     );
     app.config(
         QUERY,
@@ -405,7 +405,7 @@ async fn bad_config_keys_are_named() {
     );
     assert_mentions(
         &fails(&app, &["reconcile"]),
-        &["cache.source", "--cache-file"],
+        &["cache.source", "auth0.domain", "--cache-file"],
     );
     app.config(
         QUERY,
@@ -571,14 +571,14 @@ async fn a_generated_data_set_gives_exactly_the_expected_mix() {
     use driftsync::datagen::{self, DataSet};
     let app = App::new().await;
     let set = DataSet::new(5_000, 42);
-    datagen::load_legacy(&app.db.client().await, &set)
+    datagen::load_legacy(&app.db.client().await, &set, "users")
         .await
         .unwrap();
     let mut export = Vec::new();
     set.write_export(&mut export).unwrap();
     app.export_bytes("export.json.gz", &export);
     app.config(
-        datagen::MAPPING_QUERY,
+        &datagen::mapping_query("users"),
         &format!(
             "[auth0]\nconnection = {:?}\nmigrated = {:?}\n[cache]\nsource = \"file\"\nfile = \"export.json.gz\"",
             datagen::CONNECTION,

@@ -1,0 +1,74 @@
+//! Runs the Auth0 simulator as a process, for benchmarks and manual experiments:
+//!
+//! ```text
+//! cargo run --release --example simulator -- --users export.json.gz [--listen 127.0.0.1:8080]
+//! ```
+//!
+//! loads the users of an export file (NDJSON, gzip or plain) into the connection
+//! `legacy-users`, prints `listening on http://…` and serves until standard input closes.
+//! Each `stats` line read on standard input prints the request counters as one JSON line.
+//! Credentials are the simulator's defaults (`driftsync-test` / `test-secret`).
+
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use driftsync::simulator::{Simulator, SimulatorConfig};
+
+#[derive(Parser)]
+struct Args {
+    /// Export file whose users the tenant holds.
+    #[arg(long)]
+    users: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    #[arg(long, default_value = "legacy-users")]
+    connection: String,
+    /// The connection's import_mode (automatic migration).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    import_mode: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let simulator = Simulator::start_on(args.listen, SimulatorConfig::default()).await?;
+    simulator.add_connection(&args.connection, args.import_mode);
+    let input = driftsync::export::open_file(&args.users)?;
+    let loaded = simulator
+        .load_ndjson(&args.connection, input)
+        .with_context(|| format!("cannot load {}", args.users.display()))?;
+    eprintln!("loaded {loaded} users");
+    println!("listening on {}", simulator.base_url());
+
+    // Answer `stats` lines as they come; stdin is read on its own thread.
+    let (sender, mut receiver) = tokio::sync::mpsc::channel::<String>(8);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if sender.blocking_send(line).is_err() {
+                break;
+            }
+        }
+    });
+    while let Some(command) = receiver.recv().await {
+        if command.trim() == "stats" {
+            let stats = simulator.stats();
+            println!(
+                "{}",
+                serde_json::json!({
+                    "requests": stats.requests,
+                    "token_requests": stats.token_requests,
+                    "downloads": stats.downloads,
+                    "throttled": stats.throttled,
+                    "over_limit_attempts": stats.over_limit_attempts,
+                    "by_endpoint": stats.by_endpoint,
+                })
+            );
+        }
+    }
+    simulator.shutdown().await;
+    Ok(())
+}

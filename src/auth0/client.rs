@@ -1,0 +1,467 @@
+//! The Management API client: a client-credentials token (cached, renewed before expiry and
+//! once on 401), the rate limiter in front of every request, bounded retries with exponential
+//! backoff and jitter for 5xx answers, timeouts and dropped connections, and Auth0's error body
+//! turned into a typed error. The client secret is only ever placed in the token request body.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use reqwest::{Method, StatusCode, Url};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::Mutex;
+
+use super::limiter::{self, EndpointClass, RateLimiter};
+use super::{Auth0Error, Settings};
+
+/// Retry bounds; tests shorten them.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts for one request when answers are 5xx or the connection fails.
+    pub attempts: u32,
+    pub first_backoff: Duration,
+    pub max_backoff: Duration,
+    /// 429 answers tolerated for one request before giving up.
+    pub max_throttled: u32,
+    /// Timeout of one HTTP exchange (connect to last byte of a Management API answer).
+    pub timeout: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> RetryPolicy {
+        RetryPolicy {
+            attempts: 6,
+            first_backoff: Duration::from_millis(250),
+            max_backoff: Duration::from_secs(15),
+            max_throttled: 100,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Full jitter: a random wait up to the exponential bound, so that retries of many
+    /// requests do not arrive together.
+    pub fn backoff(&self, failures: u32) -> Duration {
+        let exponent = failures.saturating_sub(1).min(16);
+        let bound = self
+            .first_backoff
+            .saturating_mul(1 << exponent)
+            .min(self.max_backoff);
+        bound.mul_f64(0.5 + fastrand::f64() * 0.5)
+    }
+}
+
+struct Token {
+    value: SecretString,
+    renew_at: Instant,
+}
+
+/// Counters for logs and metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct ClientStats {
+    pub requests: u64,
+    pub throttled: u64,
+    pub throttled_wait: Duration,
+    pub retries: u64,
+    pub tokens_fetched: u64,
+}
+
+pub struct Auth0Client {
+    http: reqwest::Client,
+    settings: Settings,
+    retry: RetryPolicy,
+    token: Mutex<Option<Token>>,
+    limiter: RateLimiter,
+    stats: std::sync::Mutex<ClientStats>,
+}
+
+#[derive(Deserialize)]
+struct TokenAnswer {
+    access_token: String,
+    #[serde(default)]
+    expires_in: Option<u64>,
+}
+
+/// Auth0's error body on the Management API, and the OAuth one on `/oauth/token`.
+#[derive(Deserialize, Default)]
+struct ErrorBody {
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default, rename = "errorCode")]
+    error_code: Option<String>,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    error_description: Option<String>,
+}
+
+impl Auth0Client {
+    pub fn new(settings: Settings, retry: RetryPolicy) -> Result<Auth0Client, Auth0Error> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("driftsync/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(10))
+            .https_only(false)
+            .build()
+            .map_err(|error| Auth0Error::Setup(error.to_string()))?;
+        Ok(Auth0Client {
+            http,
+            settings,
+            retry,
+            token: Mutex::new(None),
+            limiter: RateLimiter::new(),
+            stats: std::sync::Mutex::new(ClientStats::default()),
+        })
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn retry_policy(&self) -> RetryPolicy {
+        self.retry
+    }
+
+    pub fn stats(&self) -> ClientStats {
+        *self.stats_lock()
+    }
+
+    pub fn limiter(&self) -> &RateLimiter {
+        &self.limiter
+    }
+
+    /// `{base}/api/v2/{segments…}`, each segment percent-encoded (user ids contain `|`).
+    pub fn api_url(&self, segments: &[&str]) -> Result<Url, Auth0Error> {
+        let mut url = Url::parse(&self.settings.base_url)
+            .map_err(|error| Auth0Error::Setup(format!("auth0 base URL: {error}")))?;
+        {
+            let mut path = url
+                .path_segments_mut()
+                .map_err(|()| Auth0Error::Setup("auth0 base URL cannot have a path".into()))?;
+            path.pop_if_empty().extend(["api", "v2"]).extend(segments);
+        }
+        Ok(url)
+    }
+
+    /// Sends a Management API request and decodes a JSON answer.
+    pub async fn json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        class: EndpointClass,
+        endpoint: &'static str,
+        url: Url,
+        body: Option<&serde_json::Value>,
+    ) -> Result<T, Auth0Error> {
+        let (_, bytes) = self
+            .send(method.clone(), class, endpoint, url, body)
+            .await?;
+        decode(&method, endpoint, &bytes)
+    }
+
+    /// Sends a Management API request: waits for the rate limiter, retries what can be
+    /// retried, renews the token once on 401, and returns the status and body of a 2xx answer
+    /// (or 404, which callers often expect).
+    pub async fn send(
+        &self,
+        method: Method,
+        class: EndpointClass,
+        endpoint: &'static str,
+        url: Url,
+        body: Option<&serde_json::Value>,
+    ) -> Result<(StatusCode, Bytes), Auth0Error> {
+        let mut failures = 0u32;
+        let mut throttled = 0u32;
+        let mut renewed = false;
+        loop {
+            let token = self.token().await?;
+            let permit = self.limiter.acquire(class).await;
+            if !permit.waited.is_zero() {
+                self.stats_lock().throttled_wait += permit.waited;
+            }
+            let mut request = self
+                .http
+                .request(method.clone(), url.clone())
+                .bearer_auth(token.expose_secret())
+                .timeout(self.retry.timeout);
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            self.stats_lock().requests += 1;
+            let failure = match request.send().await {
+                Err(error) => {
+                    self.limiter.abandon(&permit);
+                    Failure::Transport(error.without_url().to_string())
+                }
+                Ok(response) => {
+                    let status = response.status();
+                    let info = limiter::rate_info(response.headers());
+                    if status == StatusCode::TOO_MANY_REQUESTS {
+                        let wait = limiter::throttle_wait(response.headers(), info);
+                        self.limiter.observe(&permit, info, Some(wait));
+                        throttled += 1;
+                        {
+                            let mut stats = self.stats_lock();
+                            stats.throttled += 1;
+                        }
+                        tracing::debug!(
+                            endpoint,
+                            wait_ms = wait.as_millis() as u64,
+                            "Auth0 answered 429"
+                        );
+                        if throttled > self.retry.max_throttled {
+                            return Err(Auth0Error::Throttled {
+                                method: method.to_string(),
+                                endpoint,
+                                attempts: throttled,
+                            });
+                        }
+                        continue;
+                    }
+                    self.limiter.observe(&permit, info, None);
+                    match response.bytes().await {
+                        Err(error) => Failure::Transport(format!(
+                            "the answer broke off: {}",
+                            error.without_url()
+                        )),
+                        Ok(bytes) if status == StatusCode::UNAUTHORIZED && !renewed => {
+                            renewed = true;
+                            self.forget_token(&token).await;
+                            tracing::debug!(endpoint, "token refused (401): fetching a new one");
+                            let _ = bytes;
+                            continue;
+                        }
+                        Ok(bytes) if status.is_server_error() => Failure::Server(status, bytes),
+                        Ok(bytes) if status.is_success() || status == StatusCode::NOT_FOUND => {
+                            return Ok((status, bytes));
+                        }
+                        Ok(bytes) => return Err(api_error(&method, endpoint, status, &bytes)),
+                    }
+                }
+            };
+            failures += 1;
+            if failures >= self.retry.attempts {
+                return Err(match failure {
+                    Failure::Transport(detail) => Auth0Error::Transport {
+                        method: method.to_string(),
+                        endpoint,
+                        attempts: failures,
+                        detail,
+                    },
+                    Failure::Server(status, bytes) => api_error(&method, endpoint, status, &bytes),
+                });
+            }
+            let wait = self.retry.backoff(failures);
+            self.stats_lock().retries += 1;
+            tracing::debug!(endpoint, failures, wait_ms = wait.as_millis() as u64, reason = %failure, "retrying");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// The cached token, fetched or renewed when missing or close to expiry.
+    async fn token(&self) -> Result<SecretString, Auth0Error> {
+        let mut slot = self.token.lock().await;
+        if let Some(token) = slot.as_ref()
+            && Instant::now() < token.renew_at
+        {
+            return Ok(token.value.clone());
+        }
+        let fresh = self.fetch_token().await?;
+        let value = fresh.value.clone();
+        *slot = Some(fresh);
+        Ok(value)
+    }
+
+    async fn forget_token(&self, refused: &SecretString) {
+        let mut slot = self.token.lock().await;
+        if slot
+            .as_ref()
+            .is_some_and(|token| token.value.expose_secret() == refused.expose_secret())
+        {
+            *slot = None;
+        }
+    }
+
+    async fn fetch_token(&self) -> Result<Token, Auth0Error> {
+        let url = format!(
+            "{}/oauth/token",
+            self.settings.base_url.trim_end_matches('/')
+        );
+        let body = serde_json::json!({
+            "grant_type": "client_credentials",
+            "client_id": self.settings.client_id,
+            "client_secret": self.settings.client_secret.expose_secret(),
+            "audience": self.settings.audience,
+        });
+        let mut failures = 0;
+        loop {
+            let permit = self.limiter.acquire(EndpointClass::Token).await;
+            let started = Instant::now();
+            let result = self
+                .http
+                .post(&url)
+                .json(&body)
+                .timeout(self.retry.timeout)
+                .send()
+                .await;
+            let detail = match result {
+                Err(error) => {
+                    self.limiter.abandon(&permit);
+                    error.without_url().to_string()
+                }
+                Ok(response) => {
+                    let status = response.status();
+                    let info = limiter::rate_info(response.headers());
+                    let throttle = (status == StatusCode::TOO_MANY_REQUESTS)
+                        .then(|| limiter::throttle_wait(response.headers(), info));
+                    self.limiter.observe(&permit, info, throttle);
+                    let bytes = response.bytes().await.unwrap_or_default();
+                    if status.is_success() {
+                        let answer: TokenAnswer = decode(&Method::POST, "/oauth/token", &bytes)?;
+                        let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(86_400));
+                        // Renew a tenth of the lifetime early (at most a minute), so a request
+                        // never leaves with a token that expires on its way.
+                        let margin = (lifetime / 10).min(Duration::from_secs(60));
+                        self.stats_lock().tokens_fetched += 1;
+                        return Ok(Token {
+                            value: SecretString::from(answer.access_token),
+                            renew_at: started + lifetime - margin,
+                        });
+                    }
+                    if status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS {
+                        let parsed: ErrorBody = serde_json::from_slice(&bytes).unwrap_or_default();
+                        return Err(Auth0Error::TokenRejected {
+                            status: status.as_u16(),
+                            message: parsed
+                                .error_description
+                                .or(parsed.message)
+                                .or(parsed.error)
+                                .unwrap_or_else(|| snippet(&bytes)),
+                        });
+                    }
+                    format!("{status}")
+                }
+            };
+            failures += 1;
+            if failures >= self.retry.attempts {
+                return Err(Auth0Error::Transport {
+                    method: "POST".into(),
+                    endpoint: "/oauth/token",
+                    attempts: failures,
+                    detail,
+                });
+            }
+            tokio::time::sleep(self.retry.backoff(failures)).await;
+        }
+    }
+
+    /// GETs a download link (no token: the link is signed). `offset` resumes with a Range.
+    pub async fn download(
+        &self,
+        url: &str,
+        offset: u64,
+    ) -> Result<reqwest::Response, DownloadFailure> {
+        let mut request = self.http.get(url);
+        if offset > 0 {
+            request = request.header(reqwest::header::RANGE, format!("bytes={offset}-"));
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|error| DownloadFailure::Retry(error.without_url().to_string()))?;
+        let status = response.status();
+        match status {
+            StatusCode::OK if offset == 0 => Ok(response),
+            StatusCode::PARTIAL_CONTENT if offset > 0 => Ok(response),
+            StatusCode::OK => Err(DownloadFailure::Fatal(
+                "the download server ignored the Range request, so the download cannot resume"
+                    .into(),
+            )),
+            StatusCode::FORBIDDEN | StatusCode::GONE | StatusCode::BAD_REQUEST => {
+                Err(DownloadFailure::Expired)
+            }
+            status if status.is_server_error() => Err(DownloadFailure::Retry(status.to_string())),
+            status => Err(DownloadFailure::Fatal(format!(
+                "the download answered {status}"
+            ))),
+        }
+    }
+
+    fn stats_lock(&self) -> std::sync::MutexGuard<'_, ClientStats> {
+        self.stats
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Why a download attempt failed.
+#[derive(Debug)]
+pub enum DownloadFailure {
+    /// The signed link expired: get a fresh one.
+    Expired,
+    /// Worth another try after a backoff.
+    Retry(String),
+    Fatal(String),
+}
+
+enum Failure {
+    Transport(String),
+    Server(StatusCode, Bytes),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Transport(detail) => f.write_str(detail),
+            Failure::Server(status, _) => write!(f, "{status}"),
+        }
+    }
+}
+
+fn decode<T: DeserializeOwned>(
+    method: &Method,
+    endpoint: &'static str,
+    bytes: &[u8],
+) -> Result<T, Auth0Error> {
+    serde_json::from_slice(bytes).map_err(|error| Auth0Error::BadAnswer {
+        method: method.to_string(),
+        endpoint,
+        detail: format!("{error}; the answer starts with: {}", snippet(bytes)),
+    })
+}
+
+fn api_error(
+    method: &Method,
+    endpoint: &'static str,
+    status: StatusCode,
+    bytes: &[u8],
+) -> Auth0Error {
+    let parsed: Option<ErrorBody> = serde_json::from_slice(bytes).ok();
+    let (code, message) = match parsed {
+        Some(body) => (
+            body.error_code.or(body.error),
+            body.message
+                .or(body.error_description)
+                .unwrap_or_else(|| snippet(bytes)),
+        ),
+        None => (None, format!("not an Auth0 error body: {}", snippet(bytes))),
+    };
+    Auth0Error::Api {
+        method: method.to_string(),
+        endpoint,
+        status: status.as_u16(),
+        code,
+        message,
+    }
+}
+
+/// The start of a body, on one line, for error messages.
+fn snippet(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]);
+    let line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if line.is_empty() {
+        "(empty)".into()
+    } else {
+        line
+    }
+}

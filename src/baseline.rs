@@ -1,0 +1,301 @@
+//! Baselines: the value both sides last agreed on (or that driftsync pushed), kept per user and
+//! per *key* — a root field such as `email`, or one first-level key of a metadata object such as
+//! `user_metadata.lang` — as a stable 64-bit hash of its canonical form.
+//!
+//! The canonical form applies the equality rules, so two values that compare equal always hash
+//! the same: `""` and NULL are no value, emails are lower-cased, a missing boolean is `false`,
+//! an Auth0-generated default counts as no value, JSON numbers are written by value and objects
+//! with sorted keys. With a baseline B, a differing key changed on the legacy side when Auth0
+//! still equals B, on the Auth0 side when legacy still equals B, and on both when neither does.
+
+use std::borrow::Cow;
+
+use serde_json::{Map, Value as Json};
+
+use crate::classify::is_generated_default;
+use crate::profile::{Field, Kind, Profile, Value};
+
+/// Which side changed a differing key since its baseline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Legacy,
+    Auth0,
+    Both,
+}
+
+/// The canonical forms of one key on both sides.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyValues {
+    pub key: String,
+    pub legacy: Option<String>,
+    pub auth0: Option<String>,
+}
+
+impl KeyValues {
+    pub fn differs(&self) -> bool {
+        self.legacy != self.auth0
+    }
+}
+
+/// The canonical values of every key of `fields`: root fields, and for metadata the first-level
+/// keys the legacy object has plus `extra_metadata_keys` (keys a baseline remembers, so that a
+/// key removed from the legacy object is seen).
+pub fn key_values(
+    fields: &[Field],
+    legacy: &Profile<'_>,
+    auth0: &Profile<'_>,
+    extra_metadata_keys: &[&str],
+) -> Vec<KeyValues> {
+    let mut keys = Vec::new();
+    for &field in fields {
+        match field.kind() {
+            Kind::Object => {
+                let legacy_object = object(legacy.get(field));
+                let auth0_object = object(auth0.get(field));
+                let prefix = format!("{}.", field.name());
+                let mut names: Vec<&str> = legacy_object.keys().map(String::as_str).collect();
+                for extra in extra_metadata_keys {
+                    if let Some(name) = extra.strip_prefix(&prefix)
+                        && !names.contains(&name)
+                    {
+                        names.push(name);
+                    }
+                }
+                names.sort_unstable();
+                for name in names {
+                    keys.push(KeyValues {
+                        key: format!("{prefix}{name}"),
+                        legacy: legacy_object.get(name).and_then(canonical_json),
+                        auth0: auth0_object.get(name).and_then(canonical_json),
+                    });
+                }
+            }
+            _ => keys.push(KeyValues {
+                key: field.name().to_owned(),
+                legacy: canonical(field, legacy, auth0, false).map(Cow::into_owned),
+                auth0: canonical(field, auth0, legacy, true).map(Cow::into_owned),
+            }),
+        }
+    }
+    keys
+}
+
+/// The canonical form of a root field on one side.
+fn canonical<'p>(
+    field: Field,
+    own: &'p Profile<'_>,
+    other: &Profile<'_>,
+    is_auth0: bool,
+) -> Option<Cow<'p, str>> {
+    match field.kind() {
+        Kind::Bool => {
+            let value = matches!(own.get(field), Some(Value::Bool(true)));
+            Some(Cow::Borrowed(if value { "true" } else { "false" }))
+        }
+        Kind::Text => {
+            let text = own.text(field).filter(|text| !text.is_empty())?;
+            if is_auth0 && is_generated_default(field, text, other, own) {
+                return None;
+            }
+            if field == Field::Email {
+                return Some(Cow::Owned(text.to_lowercase()));
+            }
+            Some(Cow::Borrowed(text))
+        }
+        Kind::Object => None,
+    }
+}
+
+/// A metadata value as an object; text that does not parse counts as no keys rather than
+/// inventing a difference (both readers only store text that starts as an object).
+pub(crate) fn object(value: Option<&Value<'_>>) -> Map<String, Json> {
+    match value {
+        Some(Value::Object(text)) => serde_json::from_str(text).unwrap_or_default(),
+        _ => Map::new(),
+    }
+}
+
+/// JSON written canonically (sorted keys, numbers by value); `null` is no value.
+fn canonical_json(value: &Json) -> Option<String> {
+    if value.is_null() {
+        return None;
+    }
+    let mut out = String::new();
+    write_canonical(value, &mut out);
+    Some(out)
+}
+
+fn write_canonical(value: &Json, out: &mut String) {
+    match value {
+        Json::Number(number) => match (number.as_i64(), number.as_f64()) {
+            (Some(integer), _) => out.push_str(&integer.to_string()),
+            (None, Some(float)) if float.fract() == 0.0 && float.abs() < 9.0e15 => {
+                out.push_str(&(float as i64).to_string())
+            }
+            _ => out.push_str(&number.to_string()),
+        },
+        Json::Array(items) => {
+            out.push('[');
+            for (index, item) in items.iter().enumerate() {
+                if index > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        Json::Object(map) => {
+            // serde_json's Map keeps keys sorted (no `preserve_order`), so this is canonical.
+            out.push('{');
+            for (index, (key, item)) in map.iter().enumerate() {
+                if index > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Json::String(key.clone()).to_string());
+                out.push(':');
+                write_canonical(item, out);
+            }
+            out.push('}');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// FNV-1a over the canonical form: stable across builds and platforms, unlike std's hashers.
+pub fn hash(canonical: Option<&str>) -> i64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0100_0000_01b3;
+    // A leading tag byte tells "no value" from any text, the empty text included.
+    let (tag, bytes): (u8, &[u8]) = match canonical {
+        Some(text) => (1, text.as_bytes()),
+        None => (0, &[]),
+    };
+    let mut hash = (OFFSET ^ u64::from(tag)).wrapping_mul(PRIME);
+    for &byte in bytes {
+        hash = (hash ^ u64::from(byte)).wrapping_mul(PRIME);
+    }
+    hash as i64
+}
+
+/// Which side changed a differing key, given its baseline hash.
+pub fn change(values: &KeyValues, baseline: i64) -> Change {
+    let legacy_same = hash(values.legacy.as_deref()) == baseline;
+    let auth0_same = hash(values.auth0.as_deref()) == baseline;
+    match (legacy_same, auth0_same) {
+        (true, _) => Change::Auth0,
+        (false, true) => Change::Legacy,
+        (false, false) => Change::Both,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn profile(values: &[(Field, Value<'static>)]) -> Profile<'static> {
+        let mut profile = Profile::default();
+        for (field, value) in values {
+            profile.set(*field, Some(value.clone()));
+        }
+        profile
+    }
+
+    fn text(value: &'static str) -> Value<'static> {
+        Value::Text(Cow::Borrowed(value))
+    }
+
+    #[test]
+    fn equal_values_have_equal_canonical_forms() {
+        let legacy = profile(&[
+            (Field::Email, text("Pat@Example.org")),
+            (Field::GivenName, text("")),
+            (
+                Field::UserMetadata,
+                Value::Object(Cow::Borrowed(r#"{"n":1,"o":{"b":1,"a":2}}"#)),
+            ),
+        ]);
+        let auth0 = profile(&[
+            (Field::Email, text("pat@example.org")),
+            (Field::Name, text("pat@example.org")),
+            (
+                Field::UserMetadata,
+                Value::Object(Cow::Borrowed(r#"{"n":1.0,"o":{"a":2,"b":1},"x":3}"#)),
+            ),
+        ]);
+        let fields = [
+            Field::Email,
+            Field::GivenName,
+            Field::Name,
+            Field::Blocked,
+            Field::UserMetadata,
+        ];
+        let keys = key_values(&fields, &legacy, &auth0, &[]);
+        let names: Vec<&str> = keys.iter().map(|k| k.key.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "email",
+                "given_name",
+                "name",
+                "blocked",
+                "user_metadata.n",
+                "user_metadata.o"
+            ]
+        );
+        for key in &keys {
+            assert!(!key.differs(), "{key:?}");
+        }
+    }
+
+    #[test]
+    fn baselines_tell_which_side_changed() {
+        let keys = |legacy: &'static str, auth0: &'static str| {
+            key_values(
+                &[Field::Name],
+                &profile(&[(Field::Name, text(legacy))]),
+                &profile(&[(Field::Name, text(auth0))]),
+                &[],
+            )
+            .remove(0)
+        };
+        let agreed = hash(Some("Old"));
+        assert_eq!(change(&keys("New", "Old"), agreed), Change::Legacy);
+        assert_eq!(change(&keys("Old", "New"), agreed), Change::Auth0);
+        assert_eq!(change(&keys("New", "Newer"), agreed), Change::Both);
+    }
+
+    #[test]
+    fn a_removed_metadata_key_is_seen_through_the_baseline() {
+        let legacy = profile(&[(
+            Field::AppMetadata,
+            Value::Object(Cow::Borrowed(r#"{"a":1}"#)),
+        )]);
+        let auth0 = profile(&[(
+            Field::AppMetadata,
+            Value::Object(Cow::Borrowed(r#"{"a":1,"plan":"pro"}"#)),
+        )]);
+        let keys = key_values(
+            &[Field::AppMetadata],
+            &legacy,
+            &auth0,
+            &["app_metadata.plan"],
+        );
+        let plan = keys.iter().find(|k| k.key == "app_metadata.plan").unwrap();
+        assert_eq!(
+            (plan.legacy.as_deref(), plan.auth0.as_deref()),
+            (None, Some("\"pro\""))
+        );
+        assert_eq!(change(plan, hash(Some("\"pro\""))), Change::Legacy);
+    }
+
+    const PINNED_A: i64 = 589_763_776_587_810_007;
+
+    #[test]
+    fn hashes_are_stable_and_distinguish_no_value() {
+        assert_eq!(hash(Some("")), hash(Some("")));
+        assert_ne!(hash(None), hash(Some("")));
+        assert_ne!(hash(Some("a")), hash(Some("b")));
+        // Pinned: a change of algorithm would silently invalidate every stored baseline.
+        assert_eq!(hash(Some("a")), PINNED_A);
+    }
+}

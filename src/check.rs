@@ -1,0 +1,196 @@
+//! `driftsync check`: proves a configuration works before the first run, without writing
+//! anywhere. It connects to the legacy database and runs the mapping query with `LIMIT 0` in a
+//! read-only transaction, gets a token and reads the connection from Auth0 (when credentials are
+//! configured or the configuration needs them), opens the export file for the file source, and
+//! prints what it found. It stops at the first problem.
+
+use std::io::Write;
+
+use anyhow::Context;
+use secrecy::ExposeSecret;
+
+use crate::auth0::{Auth0Client, EndpointClass, RetryPolicy, Settings};
+use crate::config::{CacheSource, Config, Environment, MigratedRule, OrphanAction};
+use crate::export::{self, ExportFilter};
+use crate::legacy;
+use crate::profile::Field;
+
+pub async fn run(
+    config: &Config,
+    env: &dyn Environment,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    writeln!(out, "config     {}: valid", config.path.display())?;
+
+    let url = config.legacy.url.expose_secret();
+    let mut client = legacy::connect(url).await?;
+    writeln!(out, "legacy     connected to {}", describe_url(url))?;
+    let columns = legacy::describe(&mut client, &config.legacy.query).await?;
+    let fields = match &config.reconcile.fields {
+        Some(fields) => {
+            let returned = columns.fields();
+            if let Some(missing) = fields.iter().find(|field| !returned.contains(field)) {
+                return Err(legacy::LegacyError::FieldNotReturned(*missing).into());
+            }
+            fields.clone()
+        }
+        None => columns.fields(),
+    };
+    legacy::run_empty(&mut client, &config.legacy.query)
+        .await
+        .context("the mapping query did not run")?;
+    writeln!(
+        out,
+        "           the mapping query runs (LIMIT 0, read-only) and returns user_id, {}{}",
+        names(&columns.fields()),
+        if columns.has_updated_at() {
+            ", updated_at"
+        } else {
+            " (no updated_at: differences without a baseline are assumed to come from legacy)"
+        }
+    )?;
+    writeln!(out, "           compared fields: {}", names(&fields))?;
+
+    let needs_api = config.cache.source == CacheSource::Export
+        || config.auth0.migrated == MigratedRule::ImportMode;
+    if needs_api || config.auth0.client_id.is_some() {
+        let settings = Settings::from_config(&config.auth0, env)?;
+        let base = settings.base_url.clone();
+        let auth0 = Auth0Client::new(settings, RetryPolicy::default())?;
+        let connection = auth0.connection_by_name(&config.auth0.connection).await?;
+        writeln!(out, "auth0      got a token from {base}/oauth/token")?;
+        writeln!(
+            out,
+            "           connection {:?}: id {}, strategy {}, import_mode {}",
+            connection.name,
+            connection.id,
+            connection.strategy.as_deref().unwrap_or("?"),
+            if connection.options.import_mode {
+                "on (automatic migration)"
+            } else {
+                "off"
+            }
+        )?;
+        if config.auth0.migrated == MigratedRule::ImportMode {
+            writeln!(
+                out,
+                "           migrated = \"import_mode\": every user of the connection counts as {}",
+                if connection.options.import_mode {
+                    "migrated"
+                } else {
+                    "not migrated (cached profiles)"
+                }
+            )?;
+        }
+        if let Some(remaining) = auth0.limiter().snapshot(EndpointClass::Other).remaining {
+            writeln!(
+                out,
+                "           rate limit: {remaining:.0} requests left in the current bucket"
+            )?;
+        }
+    } else {
+        writeln!(
+            out,
+            "auth0      not called: this configuration reads an export file and needs no credentials"
+        )?;
+    }
+
+    match (&config.cache.source, &config.cache.file) {
+        (CacheSource::File, Some(path)) => {
+            let size = std::fs::metadata(path)
+                .with_context(|| format!("cannot read the export file {}", path.display()))?
+                .len();
+            let first = first_user(path, config)?;
+            writeln!(
+                out,
+                "cache      export file {} ({} bytes){}",
+                path.display(),
+                size,
+                match first {
+                    Some(id) => format!(": first user of the connection is {id}"),
+                    None => ": no user of the connection in it".into(),
+                }
+            )?;
+        }
+        (CacheSource::File, None) => writeln!(
+            out,
+            "cache      source = \"file\" without cache.file: pass --cache-file to reconcile"
+        )?,
+        (CacheSource::Export, _) => {
+            writeln!(out, "cache      a users-export job is created at each run")?
+        }
+    }
+    writeln!(
+        out,
+        "reconcile  {}; orphans: {}; max_push_fraction {}",
+        if config.reconcile.push {
+            "push on"
+        } else {
+            "report only"
+        },
+        match config.reconcile.orphans {
+            OrphanAction::Report => "report",
+            OrphanAction::Block => "block",
+        },
+        config.reconcile.max_push_fraction
+    )?;
+    writeln!(out, "\nEverything checked; nothing was written.")?;
+    Ok(())
+}
+
+fn names(fields: &[Field]) -> String {
+    fields
+        .iter()
+        .map(|field| field.name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `user@host:port/db`, never the password.
+fn describe_url(url: &str) -> String {
+    let Ok(config) = url.parse::<tokio_postgres::Config>() else {
+        return "the legacy database".into();
+    };
+    let host = config
+        .get_hosts()
+        .first()
+        .map(|host| match host {
+            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .unwrap_or_else(|| "localhost".into());
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!(
+        "{}@{}:{}/{}",
+        config.get_user().unwrap_or("(default user)"),
+        host,
+        port,
+        config.get_dbname().unwrap_or("(default database)")
+    )
+}
+
+/// Reads the export file up to its first user of the connection.
+fn first_user(path: &std::path::Path, config: &Config) -> anyhow::Result<Option<String>> {
+    enum Stop {
+        Found(String),
+        Failed(export::ExportError),
+    }
+    impl From<export::ExportError> for Stop {
+        fn from(error: export::ExportError) -> Stop {
+            Stop::Failed(error)
+        }
+    }
+    let filter = ExportFilter {
+        connection: config.auth0.connection.clone(),
+        migrated: MigratedRule::Never,
+    };
+    let input = export::open_file(path)?;
+    // One user proves the format; stop there instead of reading a large file.
+    match export::read(&path.display().to_string(), input, &filter, |_, user| {
+        Err(Stop::Found(user.auth0_id.to_owned()))
+    }) {
+        Ok(_) => Ok(None),
+        Err(Stop::Found(id)) => Ok(Some(id)),
+        Err(Stop::Failed(error)) => Err(error.into()),
+    }
+}

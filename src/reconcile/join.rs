@@ -1,0 +1,245 @@
+//! Matching the two sides: the legacy rows wait in a compact table keyed by user id while
+//! Auth0's profiles stream past; each user is classified as soon as both sides are known (its
+//! legacy record is freed then), the push for it is planned, and the baselines that changed are
+//! collected — so the state update is proportional to what changed.
+
+use std::collections::{HashMap, HashSet};
+use std::io::BufRead;
+use std::sync::atomic::Ordering;
+
+use crate::baseline::{self, KeyValues};
+use crate::classify::{self, Status, Verdict};
+use crate::config::OrphanAction;
+use crate::export::{self, Auth0User, ExportFilter, USER_ID_PREFIX};
+use crate::profile::{Field, LegacyRecord, Profile};
+use crate::push::plan::{self, PushPolicy, UserPlan};
+use crate::report::{PushOutcome, PushState, Summary, UserEntry};
+use crate::state::{BaselineChange, Baselines};
+
+use super::ReconcileError;
+use super::progress::Counters;
+
+/// A legacy row waiting for its Auth0 profile; `None` once matched (kept to catch duplicates).
+pub type LegacyTable = HashMap<Box<str>, Option<LegacyRecord>>;
+
+/// What the join needs besides the two sides.
+pub struct JoinContext<'a> {
+    pub fields: &'a [Field],
+    pub filter: &'a ExportFilter,
+    pub baselines: &'a Baselines,
+    pub policy: &'a PushPolicy,
+    pub orphans: OrphanAction,
+    pub counters: &'a Counters,
+}
+
+/// A planned push, by Auth0 user id.
+#[derive(Debug)]
+pub struct Planned {
+    pub auth0_id: String,
+    pub legacy_id: String,
+    pub plan: UserPlan,
+}
+
+pub struct Joined {
+    pub summary: Summary,
+    pub users: Vec<UserEntry>,
+    pub planned: Vec<Planned>,
+    /// Baselines of keys both sides now agree on, where they differ from the stored ones.
+    pub baseline_changes: Vec<BaselineChange>,
+    pub migrated_users: u64,
+}
+
+/// Streams the export past the legacy table.
+pub fn join(
+    source_name: &str,
+    input: impl BufRead,
+    table: LegacyTable,
+    context: &JoinContext<'_>,
+) -> Result<Joined, ReconcileError> {
+    let mut joined = Joined {
+        summary: Summary::default(),
+        users: Vec::new(),
+        planned: Vec::new(),
+        baseline_changes: Vec::new(),
+        migrated_users: 0,
+    };
+    let mut table = table;
+    // Auth0 ids without a legacy row, to catch duplicates among them too.
+    let mut unmatched: HashSet<Box<str>> = HashSet::new();
+    export::read(
+        source_name,
+        input,
+        context.filter,
+        |line, user: Auth0User<'_>| {
+            context.counters.auth0_users.fetch_add(1, Ordering::Relaxed);
+            joined.summary.auth0_users += 1;
+            if user.migrated {
+                joined.migrated_users += 1;
+            }
+            let duplicate = || ReconcileError::DuplicateAuth0User {
+                line,
+                user_id: user.auth0_id.to_owned(),
+            };
+            match table.get_mut(user.legacy_id) {
+                Some(slot) => {
+                    let record = slot.take().ok_or_else(duplicate)?;
+                    let legacy = record.view();
+                    let stored = context.baselines.get(user.legacy_id).map(Vec::as_slice);
+                    let verdict =
+                        classify::classify(context.fields, Some(&legacy), Some(&user), stored);
+                    collect_baselines(
+                        &mut joined.baseline_changes,
+                        user.legacy_id,
+                        &verdict.keys,
+                        stored,
+                        context.fields,
+                    );
+                    let plan = (verdict.status == Status::Stranded).then(|| {
+                        let changed: Vec<&KeyValues> = verdict
+                            .legacy_changed
+                            .iter()
+                            .map(|&index| &verdict.keys[index])
+                            .collect();
+                        plan::plan_user(&changed, &legacy.profile, &user.profile, context.policy)
+                    });
+                    joined.record(user.auth0_id, user.legacy_id, verdict, plan);
+                }
+                None => {
+                    if !unmatched.insert(user.legacy_id.into()) {
+                        return Err(duplicate());
+                    }
+                    let verdict = classify::classify(context.fields, None, Some(&user), None);
+                    let plan = (verdict.status == Status::Orphaned
+                        && context.orphans == OrphanAction::Block)
+                        .then(|| block_plan(&user.profile));
+                    joined.record(user.auth0_id, user.legacy_id, verdict, plan);
+                }
+            }
+            Ok(())
+        },
+    )?;
+    for (legacy_id, slot) in &table {
+        if let Some(record) = slot {
+            let verdict = classify::classify(context.fields, Some(&record.view()), None, None);
+            let auth0_id = format!("{USER_ID_PREFIX}{legacy_id}");
+            joined.record(&auth0_id, legacy_id, verdict, None);
+        }
+    }
+    Ok(joined)
+}
+
+impl Joined {
+    fn record(
+        &mut self,
+        auth0_id: &str,
+        legacy_id: &str,
+        verdict: Verdict,
+        plan: Option<UserPlan>,
+    ) {
+        self.summary.count(verdict.status);
+        if matches!(verdict.status, Status::InSync | Status::NotMigrated) {
+            return;
+        }
+        let (state, error) = match &plan {
+            Some(plan) if !plan.bodies.is_empty() => (PushState::Planned, None),
+            Some(plan) => (
+                PushState::Skipped,
+                Some(format!(
+                    "Auth0 does not accept {} for this user: change it in Auth0 by hand",
+                    plan.refused
+                        .iter()
+                        .map(|field| field.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+            ),
+            None => (PushState::Skipped, None),
+        };
+        self.users.push(UserEntry {
+            user_id: auth0_id.to_owned(),
+            status: verdict.status,
+            origin: verdict.origin,
+            fields: verdict.diffs,
+            push: PushOutcome { state, error },
+        });
+        if let Some(plan) = plan.filter(|plan| !plan.bodies.is_empty()) {
+            self.planned.push(Planned {
+                auth0_id: auth0_id.to_owned(),
+                legacy_id: legacy_id.to_owned(),
+                plan,
+            });
+        }
+    }
+}
+
+/// `orphans = "block"`: block a migrated user whose legacy row is gone, unless already blocked.
+fn block_plan(auth0: &Profile<'_>) -> UserPlan {
+    let blocked = matches!(
+        auth0.get(Field::Blocked),
+        Some(crate::profile::Value::Bool(true))
+    );
+    let mut body = serde_json::Map::new();
+    if !blocked {
+        body.insert("blocked".into(), serde_json::Value::Bool(true));
+    }
+    UserPlan {
+        bodies: if body.is_empty() {
+            Vec::new()
+        } else {
+            vec![body]
+        },
+        keys: Vec::new(),
+        refused: Vec::new(),
+    }
+}
+
+/// Records the baselines of agreeing keys that differ from what is stored, and forgets stored
+/// metadata keys that neither side has any more.
+fn collect_baselines(
+    changes: &mut Vec<BaselineChange>,
+    legacy_id: &str,
+    keys: &[KeyValues],
+    stored: Option<&[(String, i64)]>,
+    fields: &[Field],
+) {
+    let stored = stored.unwrap_or_default();
+    for key in keys.iter().filter(|key| !key.differs()) {
+        let hash = baseline::hash(key.legacy.as_deref());
+        let known = stored
+            .iter()
+            .find(|(name, _)| *name == key.key)
+            .map(|(_, hash)| *hash);
+        if key.legacy.is_none() && key.key.contains('.') {
+            // A metadata key absent on both sides needs no baseline.
+            if known.is_some() {
+                changes.push(BaselineChange {
+                    user_id: legacy_id.to_owned(),
+                    key: key.key.clone(),
+                    hash: None,
+                });
+            }
+            continue;
+        }
+        if known != Some(hash) {
+            changes.push(BaselineChange {
+                user_id: legacy_id.to_owned(),
+                key: key.key.clone(),
+                hash: Some(hash),
+            });
+        }
+    }
+    // Stored metadata keys of compared fields that are no longer among the keys at all.
+    for (name, _) in stored {
+        let Some((field, _)) = name.split_once('.') else {
+            continue;
+        };
+        let compared = fields.iter().any(|f| f.name() == field);
+        if compared && !keys.iter().any(|key| key.key == *name) {
+            changes.push(BaselineChange {
+                user_id: legacy_id.to_owned(),
+                key: name.clone(),
+                hash: None,
+            });
+        }
+    }
+}

@@ -1,0 +1,506 @@
+//! One reconcile run, start to end: opens the state file, resolves pushes a stopped process
+//! left in flight, reads the legacy rows while Auth0's side is prepared (connection, migration
+//! rule, export job), joins both sides ([`join`]), pushes when asked and allowed, updates the
+//! baselines, and returns the report. Nothing is recorded as complete after an error.
+
+mod join;
+mod progress;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use secrecy::ExposeSecret;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth0::export_job::{self, ExportOptions};
+use crate::auth0::{Auth0Client, Auth0Error, Job, RetryPolicy, Settings};
+use crate::config::{CacheSource, Config, Environment, MigratedRule};
+use crate::export::{self, ExportError, ExportFilter};
+use crate::legacy::{self, LegacyError};
+use crate::profile::Field;
+use crate::push::apply::{self, ApplyError, Outcome, PushTask, RecoverError};
+use crate::push::plan::{DEFAULT_MIGRATED_FIELDS, PushPolicy};
+use crate::push::{self, Refusal};
+use crate::report::{PushState, REPORT_VERSION, Report, RunInfo};
+use crate::state::{BaselineChange, StateError, StateStore};
+use crate::timestamp;
+use join::{JoinContext, Joined, LegacyTable};
+use progress::Counters;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Legacy(#[from] LegacyError),
+    #[error(transparent)]
+    Export(#[from] ExportError),
+    #[error(transparent)]
+    Auth0(#[from] Auth0Error),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    #[error(transparent)]
+    Recover(#[from] RecoverError),
+    #[error(
+        "{why} needs the Management API (to report from an export file instead: cache.source = \"file\" or --cache-file)"
+    )]
+    ApiSettings {
+        why: &'static str,
+        #[source]
+        source: Auth0Error,
+    },
+    #[error("Auth0 export line {line}: user {user_id:?} appears more than once in the export")]
+    DuplicateAuth0User { line: u64, user_id: String },
+    #[error("cache.source = \"file\" needs cache.file (or --cache-file) naming the Auth0 export")]
+    NoCacheFile,
+    #[error(
+        "stopped by a signal: {applied} users' pushes were applied and journaled, {not_sent} were not sent; the next run finishes the job"
+    )]
+    Interrupted { applied: u64, not_sent: u64 },
+    #[error("stopped by a signal before anything was pushed")]
+    Stopped,
+    #[error("a worker stopped unexpectedly: {0}")]
+    Worker(String),
+}
+
+/// What the command line adds to the configuration for one run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub cache_file: Option<PathBuf>,
+    /// Show a progress line on stderr (when it is a terminal).
+    pub progress: bool,
+    pub export: ExportOptions,
+    pub retry: RetryPolicy,
+    /// Apply the planned pushes (`--push`); `reconcile.push` in the config also turns it on.
+    pub push: bool,
+    /// Overrides `reconcile.max_push_fraction` for this run.
+    pub max_push_fraction: Option<f64>,
+    pub concurrency: usize,
+    /// Cancelled on SIGTERM/SIGINT.
+    pub stop: CancellationToken,
+}
+
+impl Default for RunOptions {
+    fn default() -> RunOptions {
+        RunOptions {
+            cache_file: None,
+            progress: false,
+            export: ExportOptions::default(),
+            retry: RetryPolicy::default(),
+            push: false,
+            max_push_fraction: None,
+            concurrency: apply::DEFAULT_CONCURRENCY,
+            stop: CancellationToken::new(),
+        }
+    }
+}
+
+/// Where Auth0's profiles come from in this run.
+enum Source {
+    File(PathBuf),
+    Export,
+}
+
+/// What the Auth0 side settled before the join.
+struct Auth0Side {
+    migrated: MigratedRule,
+    job: Option<Job>,
+    import_mode: Option<bool>,
+}
+
+/// Runs a reconcile and returns its report. `env` supplies the Auth0 client secret
+/// (`DRIFTSYNC_AUTH0_CLIENT_SECRET`) when the run calls the Management API.
+pub async fn run(
+    config: &Config,
+    options: &RunOptions,
+    env: &dyn Environment,
+) -> Result<Report, ReconcileError> {
+    let push = options.push || config.reconcile.push;
+    let run = RunInfo {
+        id: new_run_id(),
+        kind: "full",
+        mode: if push { "push" } else { "report" },
+        started_at: timestamp::now_rfc3339(),
+        finished_at: String::new(),
+    };
+    let id = run.id.clone();
+    let store = Arc::new(Mutex::new(StateStore::open(&config.state.path)?));
+    with_store(&store, |store| {
+        store.start_run(&run.id, run.kind, run.mode, &run.started_at)
+    })?;
+    let result = run_recorded(config, options, env, push, run, &store).await;
+    let (outcome, summary) = match &result {
+        Ok(report) => (
+            "success",
+            serde_json::to_string(&report.summary).unwrap_or_default(),
+        ),
+        Err(ReconcileError::Interrupted { .. } | ReconcileError::Stopped) => {
+            ("interrupted", String::new())
+        }
+        Err(_) => ("failed", String::new()),
+    };
+    // The outcome is recorded even for a failed run; a failure to record it must not hide the
+    // run's own error.
+    let recorded = with_store(&store, |store| {
+        store.finish_run(&id, outcome, &timestamp::now_rfc3339(), &summary)
+    });
+    let report = result?;
+    recorded?;
+    Ok(report)
+}
+
+fn with_store<T>(
+    store: &Mutex<StateStore>,
+    operation: impl FnOnce(&mut StateStore) -> Result<T, StateError>,
+) -> Result<T, StateError> {
+    let mut guard = store
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    operation(&mut guard)
+}
+
+async fn run_recorded(
+    config: &Config,
+    options: &RunOptions,
+    env: &dyn Environment,
+    push: bool,
+    mut run: RunInfo,
+    store: &Arc<Mutex<StateStore>>,
+) -> Result<Report, ReconcileError> {
+    let clock = Instant::now();
+    let source = source(config, options)?;
+    let client = api_client(config, &source, push, options, env)?;
+    if push && let Some(client) = &client {
+        let recovered = apply::recover(client, store).await?;
+        if recovered.applied + recovered.superseded > 0 {
+            tracing::warn!(
+                applied = recovered.applied,
+                superseded = recovered.superseded,
+                "resolved pushes a stopped run left in flight"
+            );
+        }
+    }
+    let counters = Arc::new(Counters::default());
+    let ticker = (options.progress && std::io::stderr().is_terminal())
+        .then(|| Counters::spawn_ticker(counters.clone()));
+
+    let mut db = legacy::connect(config.legacy.url.expose_secret()).await?;
+    let columns = legacy::describe(&mut db, &config.legacy.query).await?;
+    let fields = match &config.reconcile.fields {
+        Some(fields) => fields.clone(),
+        None => columns.fields(),
+    };
+
+    // Auth0's side (connection, migration rule, export job) runs while the legacy rows stream:
+    // an export job takes Auth0 a while, so neither side waits for the other.
+    let auth0_side =
+        prepare_auth0_side(config, client.as_deref(), &source, &fields, &options.export);
+    let mut table = LegacyTable::new();
+    let legacy_side = legacy::stream(&mut db, &config.legacy.query, &fields, |_, row| {
+        counters
+            .legacy_rows
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match table.entry(row.user_id.into()) {
+            std::collections::hash_map::Entry::Occupied(_) => Err(LegacyError::DuplicateUserId {
+                row: row.number,
+                user_id: row.user_id.to_owned(),
+            }),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(Some(row.record));
+                Ok(())
+            }
+        }
+    });
+    let (legacy_result, auth0_result) = tokio::join!(legacy_side, auth0_side);
+    legacy_result?;
+    let side = auth0_result?;
+    drop(db);
+    let legacy_users = table.len() as u64;
+    tracing::info!(
+        legacy_users,
+        elapsed_ms = clock.elapsed().as_millis() as u64,
+        "read the legacy rows"
+    );
+    if options.stop.is_cancelled() {
+        return Err(ReconcileError::Stopped);
+    }
+
+    let policy = PushPolicy {
+        // Without the API the connection is unknown: a rule that says "migrated" implies it.
+        import_mode: side
+            .import_mode
+            .unwrap_or(side.migrated != MigratedRule::Never),
+        migrated_fields: config
+            .reconcile
+            .push_fields
+            .clone()
+            .unwrap_or_else(|| DEFAULT_MIGRATED_FIELDS.to_vec()),
+        legacy_has_email_verified: fields.contains(&Field::EmailVerified),
+    };
+    let baselines = with_store(store, |store| store.baselines())?;
+    let filter = ExportFilter {
+        connection: config.auth0.connection.clone(),
+        migrated: side.migrated,
+    };
+    let orphans = config.reconcile.orphans;
+    let download = match (&source, side.job, &client) {
+        (Source::Export, Some(job), Some(client)) => {
+            let name = format!("of export job {}", job.id);
+            Some((
+                name,
+                export_job::download(client.clone(), job, &options.export),
+            ))
+        }
+        _ => None,
+    };
+    let join_counters = counters.clone();
+    let joined = tokio::task::spawn_blocking(move || {
+        let (name, input) = match (source, download) {
+            (_, Some((name, stream))) => {
+                let reader =
+                    tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
+                let buffered = std::io::BufReader::with_capacity(256 * 1024, reader);
+                let input =
+                    export::decompressing(buffered).map_err(|source| ExportError::Read {
+                        source_name: name.clone(),
+                        line: 0,
+                        source,
+                    })?;
+                (name, input)
+            }
+            (Source::File(path), None) => (path.display().to_string(), export::open_file(&path)?),
+            (Source::Export, None) => {
+                return Err(ReconcileError::Worker("the export job vanished".into()));
+            }
+        };
+        let context = JoinContext {
+            fields: &fields,
+            filter: &filter,
+            baselines: &baselines,
+            policy: &policy,
+            orphans,
+            counters: &join_counters,
+        };
+        join::join(&name, input, table, &context)
+    })
+    .await
+    .map_err(|error| ReconcileError::Worker(error.to_string()))??;
+    drop(ticker);
+    let Joined {
+        mut summary,
+        mut users,
+        planned,
+        mut baseline_changes,
+        migrated_users,
+    } = joined;
+    summary.legacy_users = legacy_users;
+    users.sort_unstable_by(|a, b| a.user_id.cmp(&b.user_id));
+    tracing::info!(
+        auth0_users = summary.auth0_users,
+        reported = users.len(),
+        planned = planned.len(),
+        elapsed_ms = clock.elapsed().as_millis() as u64,
+        "classified every user"
+    );
+
+    if push && !planned.is_empty() {
+        let limit = options
+            .max_push_fraction
+            .unwrap_or(config.reconcile.max_push_fraction);
+        // Users are sorted by id now: find each plan's report entry once.
+        let by_index: std::collections::HashMap<usize, &join::Planned> = planned
+            .iter()
+            .filter_map(|planned| {
+                let index = users
+                    .binary_search_by(|user| user.user_id.as_str().cmp(&planned.auth0_id))
+                    .ok()?;
+                Some((index, planned))
+            })
+            .collect();
+        match push::check_fraction(planned.len() as u64, migrated_users, limit) {
+            Err(refusal) => refuse(&mut users, by_index.keys().copied(), &refusal),
+            Ok(()) => {
+                let client = client
+                    .clone()
+                    .ok_or_else(|| ReconcileError::Worker("no Auth0 client".into()))?;
+                let tasks: Vec<PushTask> = by_index
+                    .iter()
+                    .map(|(&index, planned)| PushTask {
+                        index,
+                        auth0_id: planned.auth0_id.clone(),
+                        bodies: planned.plan.bodies.clone(),
+                    })
+                    .collect();
+                let outcomes = apply::apply(
+                    client.clone(),
+                    store.clone(),
+                    &run.id,
+                    tasks,
+                    options.concurrency,
+                    options.stop.clone(),
+                )
+                .await?;
+                let (mut applied, mut not_sent) = (0, 0);
+                for (index, outcome) in outcomes {
+                    let user = &mut users[index];
+                    match outcome {
+                        Outcome::Applied => {
+                            user.push.state = PushState::Applied;
+                            summary.pushed += 1;
+                            applied += 1;
+                            if let Some(planned) = by_index.get(&index) {
+                                baseline_changes.extend(planned.plan.keys.iter().map(
+                                    |(key, value)| BaselineChange {
+                                        user_id: planned.legacy_id.clone(),
+                                        key: key.clone(),
+                                        hash: Some(crate::baseline::hash(value.as_deref())),
+                                    },
+                                ));
+                            }
+                        }
+                        Outcome::Failed(error) => {
+                            user.push.state = PushState::Failed;
+                            user.push.error = Some(error);
+                            summary.push_failed += 1;
+                        }
+                        Outcome::NotSent(reason) => {
+                            user.push.state = PushState::Skipped;
+                            user.push.error = Some(reason);
+                            not_sent += 1;
+                        }
+                    }
+                }
+                let stats = client.stats();
+                tracing::info!(
+                    applied,
+                    failed = summary.push_failed,
+                    throttled = stats.throttled,
+                    "push finished"
+                );
+                if options.stop.is_cancelled() {
+                    let changes = std::mem::take(&mut baseline_changes);
+                    with_store(store, |store| store.update_baselines(&changes))?;
+                    return Err(ReconcileError::Interrupted { applied, not_sent });
+                }
+            }
+        }
+    }
+
+    let changed = with_store(store, |store| store.update_baselines(&baseline_changes))?;
+    tracing::info!(baselines_changed = changed, "updated the baselines");
+    if let Some(client) = &client {
+        let stats = client.stats();
+        tracing::info!(
+            requests = stats.requests,
+            throttled = stats.throttled,
+            retries = stats.retries,
+            "Management API use"
+        );
+    }
+    run.finished_at = timestamp::now_rfc3339();
+    Ok(Report {
+        version: REPORT_VERSION,
+        run,
+        summary,
+        users,
+    })
+}
+
+/// Marks every planned push as not sent, with the guard's reason, and says it loudly.
+fn refuse(
+    users: &mut [crate::report::UserEntry],
+    planned: impl Iterator<Item = usize>,
+    refusal: &Refusal,
+) {
+    tracing::error!("{refusal}");
+    for index in planned {
+        users[index].push.state = PushState::Skipped;
+        users[index].push.error =
+            Some("not sent: the push was refused by reconcile.max_push_fraction".into());
+    }
+}
+
+fn source(config: &Config, options: &RunOptions) -> Result<Source, ReconcileError> {
+    if let Some(path) = &options.cache_file {
+        return Ok(Source::File(path.clone()));
+    }
+    match config.cache.source {
+        CacheSource::Export => Ok(Source::Export),
+        CacheSource::File => config
+            .cache
+            .file
+            .clone()
+            .map(Source::File)
+            .ok_or(ReconcileError::NoCacheFile),
+    }
+}
+
+/// A Management API client when this run needs one: for an export job, to read the
+/// connection's `import_mode`, or to push.
+fn api_client(
+    config: &Config,
+    source: &Source,
+    push: bool,
+    options: &RunOptions,
+    env: &dyn Environment,
+) -> Result<Option<Arc<Auth0Client>>, ReconcileError> {
+    let why = match (source, &config.auth0.migrated) {
+        (Source::Export, _) => "cache.source = \"export\"",
+        (_, MigratedRule::ImportMode) => "auth0.migrated = \"import_mode\"",
+        _ if push => "pushing",
+        _ => return Ok(None),
+    };
+    let settings = Settings::from_config(&config.auth0, env)
+        .map_err(|source| ReconcileError::ApiSettings { why, source })?;
+    Ok(Some(Arc::new(Auth0Client::new(settings, options.retry)?)))
+}
+
+/// Reads the connection (migration rule, `import_mode`) and, for the export source, runs the
+/// export job to completion.
+async fn prepare_auth0_side(
+    config: &Config,
+    client: Option<&Auth0Client>,
+    source: &Source,
+    fields: &[Field],
+    export: &ExportOptions,
+) -> Result<Auth0Side, ReconcileError> {
+    let Some(client) = client else {
+        return Ok(Auth0Side {
+            migrated: config.auth0.migrated.clone(),
+            job: None,
+            import_mode: None,
+        });
+    };
+    let connection = client.connection_by_name(&config.auth0.connection).await?;
+    let import_mode = connection.options.import_mode;
+    let migrated = match &config.auth0.migrated {
+        MigratedRule::ImportMode if import_mode => MigratedRule::Always,
+        MigratedRule::ImportMode => MigratedRule::Never,
+        other => other.clone(),
+    };
+    tracing::info!(connection = %connection.id, import_mode, "found the connection");
+    let job = match source {
+        Source::Export => {
+            let wanted = export_job::fields_for(fields, &migrated);
+            Some(export_job::run_job(client, &connection.id, &wanted, export).await?)
+        }
+        Source::File(_) => None,
+    };
+    Ok(Auth0Side {
+        migrated,
+        job,
+        import_mode: Some(import_mode),
+    })
+}
+
+/// A run id that sorts by time and stays unique across hosts and processes.
+fn new_run_id() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos());
+    let random = RandomState::new().hash_one(std::process::id()) as u32;
+    format!("{nanos:x}-{random:08x}")
+}
