@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use driftsync::simulator::{Simulator, SimulatorConfig};
+use driftsync::simulator::{BucketLimit, Faults, Simulator, SimulatorConfig};
 
 #[derive(Parser)]
 struct Args {
@@ -29,12 +29,30 @@ struct Args {
     /// The connection's import_mode (automatic migration).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     import_mode: bool,
+    /// Burst of the users-write bucket (PATCH); default: Enterprise, 50.
+    #[arg(long, default_value_t = 50)]
+    write_burst: u32,
+    /// Sustained users-write rate per second; default: Enterprise, 16.
+    #[arg(long, default_value_t = 16.0)]
+    write_rate: f64,
+    /// Latency added to every Management API answer, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let simulator = Simulator::start_on(args.listen, SimulatorConfig::default()).await?;
+    let mut config = SimulatorConfig::default();
+    config.limits.users_write = BucketLimit {
+        burst: args.write_burst,
+        per_second: args.write_rate,
+    };
+    let simulator = Simulator::start_on(args.listen, config).await?;
+    simulator.set_faults(Faults {
+        latency: std::time::Duration::from_millis(args.latency_ms),
+        ..Faults::default()
+    });
     simulator.add_connection(&args.connection, args.import_mode);
     let input = driftsync::export::open_file(&args.users)?;
     let loaded = simulator
@@ -64,6 +82,8 @@ async fn main() -> anyhow::Result<()> {
                     "downloads": stats.downloads,
                     "throttled": stats.throttled,
                     "over_limit_attempts": stats.over_limit_attempts,
+                    "patches": stats.patches,
+                    "patches_applied": stats.patches_applied,
                     "by_endpoint": stats.by_endpoint,
                 })
             );

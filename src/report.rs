@@ -89,6 +89,10 @@ pub struct UserEntry {
     pub origin: Option<Origin>,
     pub fields: Vec<FieldDiff>,
     pub push: PushOutcome,
+    /// Whether this user still needs someone (exit code 2): stranded, conflict or orphaned, and
+    /// not settled by a push (an orphan already blocked under `orphans = "block"` is settled).
+    #[serde(skip)]
+    pub needs_action: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -111,9 +115,7 @@ pub struct PushOutcome {
 impl Report {
     /// Whether users that need action remain un-pushed (exit code 2).
     pub fn needs_action(&self) -> bool {
-        self.users
-            .iter()
-            .any(|user| user.status.needs_action() && user.push.state != PushState::Applied)
+        self.users.iter().any(|user| user.needs_action)
     }
 
     pub fn render(&self, format: Format, out: &mut dyn Write) -> io::Result<()> {

@@ -388,3 +388,36 @@ async fn sigkill_mid_push_loses_nothing_and_applies_nothing_twice() {
     let after = tenant.reconcile();
     assert_eq!(after["summary"]["stranded"], 0, "{}", after["summary"]);
 }
+
+#[tokio::test]
+async fn orphans_are_blocked_once_and_then_settled() {
+    let tenant = Tenant::new(600, SimulatorConfig::default(), true).await;
+    tenant.config_with(
+        "export",
+        datagen::MIGRATED_RULE,
+        "[reconcile]\norphans = \"block\"",
+    );
+    let (code, report, _) = push(&tenant, &["--max-push-fraction", "0.5"]);
+    assert_eq!(code, 0, "everything pushed: nothing left to act on");
+    let orphans = users_with(&report, "orphaned");
+    assert!(!orphans.is_empty());
+    for orphan in &orphans {
+        assert_eq!(orphan["push"]["state"], "applied", "{orphan}");
+        let profile = tenant
+            .sim
+            .user(orphan["user_id"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(profile["blocked"], true);
+    }
+    let patches = tenant.sim.stats().patches;
+    let (code, again, _) = push(&tenant, &[]);
+    assert_eq!(code, 0, "blocked orphans are settled");
+    assert_eq!(tenant.sim.stats().patches, patches, "nothing is sent twice");
+    for orphan in users_with(&again, "orphaned") {
+        assert_eq!(
+            orphan["push"],
+            serde_json::json!({"state": "skipped", "error": null})
+        );
+    }
+    assert_eq!(tenant.sim.stats().deletes, 0);
+}

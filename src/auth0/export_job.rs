@@ -64,6 +64,10 @@ pub fn fields_for(compared: &[Field], migrated: &MigratedRule) -> Vec<ExportFiel
     {
         attributes.push(Field::Email);
     }
+    // A pushed email carries Auth0's current verification when legacy does not manage it.
+    if compared.contains(&Field::Email) {
+        attributes.push(Field::EmailVerified);
+    }
     if matches!(migrated, MigratedRule::AppMetadataKey(_)) {
         attributes.push(Field::AppMetadata);
     }
@@ -255,6 +259,15 @@ pub fn download(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_email_comparison_also_exports_the_verification() {
+        let names: Vec<&str> = fields_for(&[Field::Email], &MigratedRule::Always)
+            .iter()
+            .map(|field| field.name)
+            .collect();
+        assert!(names.contains(&"email_verified"), "{names:?}");
+    }
 
     #[test]
     fn export_fields_cover_the_comparison_and_the_migration_marker() {

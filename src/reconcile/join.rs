@@ -140,9 +140,10 @@ impl Joined {
         if matches!(verdict.status, Status::InSync | Status::NotMigrated) {
             return;
         }
+        let mut needs_action = verdict.status.needs_action();
         let (state, error) = match &plan {
             Some(plan) if !plan.bodies.is_empty() => (PushState::Planned, None),
-            Some(plan) => (
+            Some(plan) if !plan.refused.is_empty() => (
                 PushState::Skipped,
                 Some(format!(
                     "Auth0 does not accept {} for this user: change it in Auth0 by hand",
@@ -153,6 +154,12 @@ impl Joined {
                         .join(", ")
                 )),
             ),
+            Some(_) => {
+                // A plan with nothing to send: the change is already in effect (an orphan
+                // that is blocked already).
+                needs_action = false;
+                (PushState::Skipped, None)
+            }
             None => (PushState::Skipped, None),
         };
         self.users.push(UserEntry {
@@ -161,6 +168,7 @@ impl Joined {
             origin: verdict.origin,
             fields: verdict.diffs,
             push: PushOutcome { state, error },
+            needs_action,
         });
         if let Some(plan) = plan.filter(|plan| !plan.bodies.is_empty()) {
             self.planned.push(Planned {

@@ -333,6 +333,7 @@ async fn run_recorded(
                         bodies: planned.plan.bodies.clone(),
                     })
                     .collect();
+                let push_started = Instant::now();
                 let outcomes = apply::apply(
                     client.clone(),
                     store.clone(),
@@ -348,6 +349,7 @@ async fn run_recorded(
                     match outcome {
                         Outcome::Applied => {
                             user.push.state = PushState::Applied;
+                            user.needs_action = false;
                             summary.pushed += 1;
                             applied += 1;
                             if let Some(planned) = by_index.get(&index) {
@@ -373,10 +375,13 @@ async fn run_recorded(
                     }
                 }
                 let stats = client.stats();
+                let seconds = push_started.elapsed().as_secs_f64();
                 tracing::info!(
                     applied,
                     failed = summary.push_failed,
                     throttled = stats.throttled,
+                    seconds = format!("{seconds:.2}"),
+                    users_per_second = format!("{:.2}", applied as f64 / seconds.max(1e-9)),
                     "push finished"
                 );
                 if options.stop.is_cancelled() {
