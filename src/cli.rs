@@ -100,6 +100,11 @@ struct ReconcileArgs {
     #[arg(long, value_name = "FILE")]
     cache_file: Option<PathBuf>,
 
+    /// Also write the run's metrics in Prometheus text format to FILE (atomically), for
+    /// node_exporter's textfile collector; written after failed runs too.
+    #[arg(long, value_name = "FILE")]
+    metrics_file: Option<PathBuf>,
+
     /// Push the stranded changes to Auth0 (PATCH, journaled, rate limited). Without it (and
     /// without `reconcile.push = true`) the run only reports.
     #[arg(long)]
@@ -203,7 +208,16 @@ async fn reconcile_command(config: &Config, args: ReconcileArgs) -> anyhow::Resu
         ..RunOptions::default()
     };
     stop_on_signals(options.stop.clone());
-    let report = reconcile::run(config, &options, &ProcessEnv).await?;
+    let metrics = match &args.metrics_file {
+        Some(_) => Some(crate::metrics::install()?),
+        None => None,
+    };
+    let result = reconcile::run(config, &options, &ProcessEnv).await;
+    if let (Some(handle), Some(path)) = (&metrics, &args.metrics_file) {
+        // Written whatever the outcome: a failed run is exactly what an alert must see.
+        crate::metrics::write_file(handle, path)?;
+    }
+    let report = result?;
     let format = Format::from(args.format);
     match &args.output {
         Some(path) => report::write_atomically(path, |out| report.render(format, out))

@@ -15,6 +15,7 @@
 //! - [`push`]: planning Auth0-acceptable PATCH requests and applying them journaled.
 //! - [`reconcile`]: one run: joins both sides, classifies, pushes, builds the report.
 //! - [`report`]: the report model and its table, JSON and NDJSON renderings.
+//! - [`metrics`]: the Prometheus metrics of DESIGN.md and the textfile writer.
 //! - [`simulator`]: a faithful Auth0 Management API simulator for tests, benchmarks and the demo.
 //! - [`demo`]: the `demo` command: the whole job on generated data.
 //! - [`datagen`]: deterministic legacy rows and Auth0 exports for benchmarks, tests and demos.
@@ -29,6 +30,7 @@ pub mod datagen;
 pub mod demo;
 pub mod export;
 pub mod legacy;
+pub mod metrics;
 pub mod profile;
 pub mod push;
 pub mod reconcile;

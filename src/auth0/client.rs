@@ -14,6 +14,7 @@ use tokio::sync::Mutex;
 
 use super::limiter::{self, EndpointClass, RateLimiter};
 use super::{Auth0Error, Settings};
+use crate::metrics;
 
 /// Retry bounds; tests shorten them.
 #[derive(Debug, Clone, Copy)]
@@ -178,6 +179,7 @@ impl Auth0Client {
             let permit = self.limiter.acquire(class).await;
             if !permit.waited.is_zero() {
                 self.stats_lock().throttled_wait += permit.waited;
+                metrics::throttled(permit.waited);
             }
             let mut request = self
                 .http
@@ -191,11 +193,16 @@ impl Auth0Client {
             let failure = match request.send().await {
                 Err(error) => {
                     self.limiter.abandon(&permit);
+                    metrics::api_request(endpoint, "error");
                     Failure::Transport(error.without_url().to_string())
                 }
                 Ok(response) => {
                     let status = response.status();
                     let info = limiter::rate_info(response.headers());
+                    metrics::api_request(endpoint, status.as_str());
+                    if let Some(info) = info {
+                        metrics::rate_limit_remaining(info.remaining);
+                    }
                     if status == StatusCode::TOO_MANY_REQUESTS {
                         let wait = limiter::throttle_wait(response.headers(), info);
                         self.limiter.observe(&permit, info, Some(wait));
@@ -307,10 +314,12 @@ impl Auth0Client {
             let detail = match result {
                 Err(error) => {
                     self.limiter.abandon(&permit);
+                    metrics::api_request("/oauth/token", "error");
                     error.without_url().to_string()
                 }
                 Ok(response) => {
                     let status = response.status();
+                    metrics::api_request("/oauth/token", status.as_str());
                     let info = limiter::rate_info(response.headers());
                     let throttle = (status == StatusCode::TOO_MANY_REQUESTS)
                         .then(|| limiter::throttle_wait(response.headers(), info));

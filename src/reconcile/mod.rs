@@ -118,14 +118,16 @@ pub async fn run(
     env: &dyn Environment,
 ) -> Result<Report, ReconcileError> {
     let push = options.push || config.reconcile.push;
+    let run_kind = "full";
     let run = RunInfo {
         id: new_run_id(),
-        kind: "full",
+        kind: run_kind,
         mode: if push { "push" } else { "report" },
         started_at: timestamp::now_rfc3339(),
         finished_at: String::new(),
     };
     let id = run.id.clone();
+    let started = Instant::now();
     let store = Arc::new(Mutex::new(StateStore::open(&config.state.path)?));
     with_store(&store, |store| {
         store.start_run(&run.id, run.kind, run.mode, &run.started_at)
@@ -146,6 +148,7 @@ pub async fn run(
     let recorded = with_store(&store, |store| {
         store.finish_run(&id, outcome, &timestamp::now_rfc3339(), &summary)
     });
+    crate::metrics::run_finished(run_kind, outcome, started.elapsed(), result.as_ref().ok());
     let report = result?;
     recorded?;
     Ok(report)
@@ -296,6 +299,8 @@ async fn run_recorded(
         migrated_users,
     } = joined;
     summary.legacy_users = legacy_users;
+    crate::metrics::rows_read("legacy", legacy_users);
+    crate::metrics::rows_read("auth0", summary.auth0_users);
     users.sort_unstable_by(|a, b| a.user_id.cmp(&b.user_id));
     tracing::info!(
         auth0_users = summary.auth0_users,
@@ -374,6 +379,7 @@ async fn run_recorded(
                         }
                     }
                 }
+                crate::metrics::pushes(applied, summary.push_failed);
                 let stats = client.stats();
                 let seconds = push_started.elapsed().as_secs_f64();
                 tracing::info!(
