@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::config::{Config, ProcessEnv};
 use crate::reconcile::{self, RunOptions};
 use crate::report::{self, Format};
-use crate::{check, demo};
+use crate::{check, daemon, demo};
 
 const EXIT_ERROR: u8 = 1;
 const EXIT_NEEDS_ACTION: u8 = 2;
@@ -42,8 +42,25 @@ struct Cli {
     )]
     config: PathBuf,
 
+    /// Log format on stderr: `text` (readable), or `json` (one object per line, for a log
+    /// collector).
+    #[arg(
+        long,
+        global = true,
+        env = "DRIFTSYNC_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    log_format: LogFormat,
+
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -56,6 +73,13 @@ enum Command {
     /// nothing to act on. SIGTERM or Ctrl-C during a push stops new requests, lets those in
     /// flight finish and be journaled, and exits 1.
     Reconcile(ReconcileArgs),
+    /// The scheduled worker: full runs on `schedule.full`, changes runs on `schedule.changes`,
+    /// one replica at a time (PostgreSQL advisory lock), metrics on `metrics.listen`.
+    ///
+    /// Serves /metrics and /healthz; notifies systemd (READY, STATUS, WATCHDOG); SIGHUP reloads
+    /// the configuration (an invalid one is logged and the old one kept); SIGTERM or SIGINT
+    /// lets the running step finish and journal, then exits 0 within 10 s.
+    Daemon,
     /// Check the configuration without writing anything: validate it, run the mapping query
     /// with LIMIT 0 (read only), get an Auth0 token and read the connection, open the export
     /// file; print what was found.
@@ -154,7 +178,7 @@ pub fn main() -> ExitCode {
             };
         }
     };
-    init_logging();
+    init_logging(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -179,6 +203,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Reconcile(args) => {
             let config = Config::load(&cli.config, &ProcessEnv)?;
             reconcile_command(&config, args).await
+        }
+        Command::Daemon => {
+            daemon::run(cli.config).await?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Check => {
             let config = Config::load(&cli.config, &ProcessEnv)?;
@@ -266,13 +294,17 @@ fn stop_on_signals(stop: tokio_util::sync::CancellationToken) {
     });
 }
 
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("DRIFTSYNC_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("driftsync=info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        LogFormat::Json => builder.json().with_ansi(false).try_init(),
+    };
 }

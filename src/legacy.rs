@@ -233,6 +233,31 @@ pub async fn stream(
     client: &mut Client,
     query: &str,
     required: &[Field],
+    each: impl FnMut(&Columns, LegacyRow<'_>) -> Result<(), LegacyError>,
+) -> Result<Columns, LegacyError> {
+    stream_sql(client, query, &[], required, each).await
+}
+
+/// Like [`stream`], for the rows whose `updated_at` is later than `since` (RFC 3339).
+pub async fn stream_changed(
+    client: &mut Client,
+    query: &str,
+    since: &str,
+    required: &[Field],
+    each: impl FnMut(&Columns, LegacyRow<'_>) -> Result<(), LegacyError>,
+) -> Result<Columns, LegacyError> {
+    let inner = query.trim().trim_end_matches(';');
+    let sql = format!(
+        "SELECT * FROM ({inner}) AS driftsync_changes WHERE updated_at > ($1::text)::timestamptz"
+    );
+    stream_sql(client, &sql, &[&since], required, each).await
+}
+
+async fn stream_sql(
+    client: &mut Client,
+    query: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    required: &[Field],
     mut each: impl FnMut(&Columns, LegacyRow<'_>) -> Result<(), LegacyError>,
 ) -> Result<Columns, LegacyError> {
     let transaction = client
@@ -251,7 +276,7 @@ pub async fn stream(
         return Err(LegacyError::FieldNotReturned(*missing));
     }
     let portal = transaction
-        .bind(&statement, &[])
+        .bind(&statement, params)
         .await
         .map_err(LegacyError::Query)?;
     let mut builder = LegacyRecordBuilder::default();

@@ -18,6 +18,7 @@
 //! - [`metrics`]: the Prometheus metrics of DESIGN.md and the textfile writer.
 //! - [`simulator`]: a faithful Auth0 Management API simulator for tests, benchmarks and the demo.
 //! - [`demo`]: the `demo` command: the whole job on generated data.
+//! - [`daemon`]: the scheduled worker: cron schedules, run lock, metrics endpoint, signals.
 //! - [`datagen`]: deterministic legacy rows and Auth0 exports for benchmarks, tests and demos.
 
 pub mod auth0;
@@ -26,6 +27,7 @@ pub mod check;
 pub mod classify;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod datagen;
 pub mod demo;
 pub mod export;

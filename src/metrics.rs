@@ -117,7 +117,13 @@ pub fn pushes(applied: u64, failed: u64) {
     counter!("driftsync_pushes_total", "outcome" => "failed").increment(failed);
 }
 
-/// Records the end of a run; `report` is present for a completed run.
+/// A scheduled run that did not start because another replica held the lock.
+pub fn run_skipped(kind: &'static str) {
+    counter!("driftsync_runs_total", "kind" => kind, "outcome" => "skipped").increment(1);
+}
+
+/// Records the end of a run; `report` is present for a completed run. The user gauges follow
+/// full runs only (a changes run sees a few users, not the tenant).
 pub fn run_finished(
     kind: &'static str,
     outcome: &'static str,
@@ -129,11 +135,16 @@ pub fn run_finished(
     let Some(report) = report else {
         return;
     };
-    if outcome == "success" {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        gauge!("driftsync_last_success_timestamp_seconds", "kind" => kind).set(now.as_secs_f64());
+    if outcome != "success" {
+        return;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    gauge!("driftsync_last_success_timestamp_seconds", "kind" => kind).set(now.as_secs_f64());
+    // The user gauges describe the whole tenant: only a full run knows it.
+    if kind != "full" {
+        return;
     }
     users(&report.summary);
     for (field, count) in field_drift(report) {

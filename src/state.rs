@@ -80,6 +80,16 @@ pub struct JournalEntry {
     pub body: String,
 }
 
+/// One row of the runs table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRow {
+    pub id: String,
+    pub kind: String,
+    pub outcome: Option<String>,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+}
+
 /// Baseline hashes by legacy user id, then key (a field name, or `field.key` for metadata).
 pub type Baselines = HashMap<String, Vec<(String, i64)>>;
 
@@ -197,6 +207,54 @@ impl StateStore {
             )
             .optional()
             .map_err(self.error("read the last run"))
+    }
+
+    /// The start of the last successful run of any kind: rows changed after it may be new to
+    /// driftsync.
+    pub fn watermark(&self) -> Result<Option<String>, StateError> {
+        self.connection
+            .query_row(
+                "SELECT max(started_at) FROM runs WHERE outcome = 'success'",
+                [],
+                |row| row.get(0),
+            )
+            .map_err(self.error("read the watermark"))
+    }
+
+    /// The summary (JSON) of the last successful full run.
+    pub fn last_full_summary(&self) -> Result<Option<String>, StateError> {
+        self.connection
+            .query_row(
+                "SELECT summary FROM runs WHERE kind = 'full' AND outcome = 'success'
+                 ORDER BY finished_at DESC LIMIT 1",
+                [],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(self.error("read the last full run"))
+    }
+
+    /// Every run, oldest first: (id, kind, outcome, started_at, finished_at).
+    pub fn runs(&self) -> Result<Vec<RunRow>, StateError> {
+        let mut statement = self
+            .connection
+            .prepare(
+                "SELECT id, kind, outcome, started_at, finished_at FROM runs ORDER BY started_at",
+            )
+            .map_err(self.error("read the runs"))?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok(RunRow {
+                    id: row.get(0)?,
+                    kind: row.get(1)?,
+                    outcome: row.get(2)?,
+                    started_at: row.get(3)?,
+                    finished_at: row.get(4)?,
+                })
+            })
+            .map_err(self.error("read the runs"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(self.error("read the runs"))
     }
 
     pub fn baselines(&self) -> Result<Baselines, StateError> {

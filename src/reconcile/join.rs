@@ -11,7 +11,7 @@ use crate::baseline::{self, KeyValues};
 use crate::classify::{self, Status, Verdict};
 use crate::config::OrphanAction;
 use crate::export::{self, Auth0User, ExportFilter, USER_ID_PREFIX};
-use crate::profile::{Field, LegacyRecord, Profile};
+use crate::profile::{Field, LegacyRecord, LegacyView, Profile};
 use crate::push::plan::{self, PushPolicy, UserPlan};
 use crate::report::{PushOutcome, PushState, Summary, UserEntry};
 use crate::state::{BaselineChange, Baselines};
@@ -56,13 +56,7 @@ pub fn join(
     table: LegacyTable,
     context: &JoinContext<'_>,
 ) -> Result<Joined, ReconcileError> {
-    let mut joined = Joined {
-        summary: Summary::default(),
-        users: Vec::new(),
-        planned: Vec::new(),
-        baseline_changes: Vec::new(),
-        migrated_users: 0,
-    };
+    let mut joined = Joined::new();
     let mut table = table;
     // Auth0 ids without a legacy row, to catch duplicates among them too.
     let mut unmatched: HashSet<Box<str>> = HashSet::new();
@@ -83,26 +77,7 @@ pub fn join(
             match table.get_mut(user.legacy_id) {
                 Some(slot) => {
                     let record = slot.take().ok_or_else(duplicate)?;
-                    let legacy = record.view();
-                    let stored = context.baselines.get(user.legacy_id).map(Vec::as_slice);
-                    let verdict =
-                        classify::classify(context.fields, Some(&legacy), Some(&user), stored);
-                    collect_baselines(
-                        &mut joined.baseline_changes,
-                        user.legacy_id,
-                        &verdict.keys,
-                        stored,
-                        context.fields,
-                    );
-                    let plan = (verdict.status == Status::Stranded).then(|| {
-                        let changed: Vec<&KeyValues> = verdict
-                            .legacy_changed
-                            .iter()
-                            .map(|&index| &verdict.keys[index])
-                            .collect();
-                        plan::plan_user(&changed, &legacy.profile, &user.profile, context.policy)
-                    });
-                    joined.record(user.auth0_id, user.legacy_id, verdict, plan);
+                    joined.match_user(context, &record.view(), &user);
                 }
                 None => {
                     if !unmatched.insert(user.legacy_id.into()) {
@@ -129,7 +104,44 @@ pub fn join(
 }
 
 impl Joined {
-    fn record(
+    pub fn new() -> Joined {
+        Joined {
+            summary: Summary::default(),
+            users: Vec::new(),
+            planned: Vec::new(),
+            baseline_changes: Vec::new(),
+            migrated_users: 0,
+        }
+    }
+
+    /// Classifies a user present on both sides, collects its baselines and plans its push.
+    pub fn match_user(
+        &mut self,
+        context: &JoinContext<'_>,
+        legacy: &LegacyView<'_>,
+        user: &Auth0User<'_>,
+    ) {
+        let stored = context.baselines.get(user.legacy_id).map(Vec::as_slice);
+        let verdict = classify::classify(context.fields, Some(legacy), Some(user), stored);
+        collect_baselines(
+            &mut self.baseline_changes,
+            user.legacy_id,
+            &verdict.keys,
+            stored,
+            context.fields,
+        );
+        let plan = (verdict.status == Status::Stranded).then(|| {
+            let changed: Vec<&KeyValues> = verdict
+                .legacy_changed
+                .iter()
+                .map(|&index| &verdict.keys[index])
+                .collect();
+            plan::plan_user(&changed, &legacy.profile, &user.profile, context.policy)
+        });
+        self.record(user.auth0_id, user.legacy_id, verdict, plan);
+    }
+
+    pub fn record(
         &mut self,
         auth0_id: &str,
         legacy_id: &str,

@@ -3,6 +3,7 @@
 //! rule, export job), joins both sides ([`join`]), pushes when asked and allowed, updates the
 //! baselines, and returns the report. Nothing is recorded as complete after an error.
 
+mod changes;
 mod join;
 mod progress;
 
@@ -23,7 +24,7 @@ use crate::profile::Field;
 use crate::push::apply::{self, ApplyError, Outcome, PushTask, RecoverError};
 use crate::push::plan::{DEFAULT_MIGRATED_FIELDS, PushPolicy};
 use crate::push::{self, Refusal};
-use crate::report::{PushState, REPORT_VERSION, Report, RunInfo};
+use crate::report::{PushState, REPORT_VERSION, Report, RunInfo, Summary, UserEntry};
 use crate::state::{BaselineChange, StateError, StateStore};
 use crate::timestamp;
 use join::{JoinContext, Joined, LegacyTable};
@@ -61,6 +62,12 @@ pub enum ReconcileError {
     Interrupted { applied: u64, not_sent: u64 },
     #[error("stopped by a signal before anything was pushed")]
     Stopped,
+    #[error("a changes run needs a completed run first (the watermark): skipped")]
+    NoWatermark,
+    #[error(
+        "schedule.changes needs the legacy query to return `updated_at` (timestamptz): without it a changed row cannot be found"
+    )]
+    ChangesNeedUpdatedAt,
     #[error("a worker stopped unexpectedly: {0}")]
     Worker(String),
 }
@@ -110,15 +117,43 @@ struct Auth0Side {
     import_mode: Option<bool>,
 }
 
-/// Runs a reconcile and returns its report. `env` supplies the Auth0 client secret
+/// What a run reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunKind {
+    /// Every legacy row and every Auth0 profile.
+    Full,
+    /// The legacy rows changed since the last run, and their profiles.
+    Changes,
+}
+
+impl RunKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            RunKind::Full => "full",
+            RunKind::Changes => "changes",
+        }
+    }
+}
+
+/// Runs a full reconcile and returns its report. `env` supplies the Auth0 client secret
 /// (`DRIFTSYNC_AUTH0_CLIENT_SECRET`) when the run calls the Management API.
 pub async fn run(
     config: &Config,
     options: &RunOptions,
     env: &dyn Environment,
 ) -> Result<Report, ReconcileError> {
+    run_kind(RunKind::Full, config, options, env).await
+}
+
+/// Runs a reconcile of the given kind, recording it in the state file and the metrics.
+pub async fn run_kind(
+    kind: RunKind,
+    config: &Config,
+    options: &RunOptions,
+    env: &dyn Environment,
+) -> Result<Report, ReconcileError> {
     let push = options.push || config.reconcile.push;
-    let run_kind = "full";
+    let run_kind = kind.name();
     let run = RunInfo {
         id: new_run_id(),
         kind: run_kind,
@@ -132,7 +167,10 @@ pub async fn run(
     with_store(&store, |store| {
         store.start_run(&run.id, run.kind, run.mode, &run.started_at)
     })?;
-    let result = run_recorded(config, options, env, push, run, &store).await;
+    let result = match kind {
+        RunKind::Full => run_recorded(config, options, env, push, run, &store).await,
+        RunKind::Changes => changes::run(config, options, env, push, run, &store).await,
+    };
     let (outcome, summary) = match &result {
         Ok(report) => (
             "success",
@@ -141,6 +179,7 @@ pub async fn run(
         Err(ReconcileError::Interrupted { .. } | ReconcileError::Stopped) => {
             ("interrupted", String::new())
         }
+        Err(ReconcileError::NoWatermark) => ("skipped", String::new()),
         Err(_) => ("failed", String::new()),
     };
     // The outcome is recorded even for a failed run; a failure to record it must not hide the
@@ -314,89 +353,25 @@ async fn run_recorded(
         let limit = options
             .max_push_fraction
             .unwrap_or(config.reconcile.max_push_fraction);
-        // Users are sorted by id now: find each plan's report entry once.
-        let by_index: std::collections::HashMap<usize, &join::Planned> = planned
-            .iter()
-            .filter_map(|planned| {
-                let index = users
-                    .binary_search_by(|user| user.user_id.as_str().cmp(&planned.auth0_id))
-                    .ok()?;
-                Some((index, planned))
-            })
-            .collect();
-        match push::check_fraction(planned.len() as u64, migrated_users, limit) {
-            Err(refusal) => refuse(&mut users, by_index.keys().copied(), &refusal),
-            Ok(()) => {
-                let client = client
-                    .clone()
-                    .ok_or_else(|| ReconcileError::Worker("no Auth0 client".into()))?;
-                let tasks: Vec<PushTask> = by_index
-                    .iter()
-                    .map(|(&index, planned)| PushTask {
-                        index,
-                        auth0_id: planned.auth0_id.clone(),
-                        bodies: planned.plan.bodies.clone(),
-                    })
-                    .collect();
-                let push_started = Instant::now();
-                let outcomes = apply::apply(
-                    client.clone(),
-                    store.clone(),
-                    &run.id,
-                    tasks,
-                    options.concurrency,
-                    options.stop.clone(),
-                )
-                .await?;
-                let (mut applied, mut not_sent) = (0, 0);
-                for (index, outcome) in outcomes {
-                    let user = &mut users[index];
-                    match outcome {
-                        Outcome::Applied => {
-                            user.push.state = PushState::Applied;
-                            user.needs_action = false;
-                            summary.pushed += 1;
-                            applied += 1;
-                            if let Some(planned) = by_index.get(&index) {
-                                baseline_changes.extend(planned.plan.keys.iter().map(
-                                    |(key, value)| BaselineChange {
-                                        user_id: planned.legacy_id.clone(),
-                                        key: key.clone(),
-                                        hash: Some(crate::baseline::hash(value.as_deref())),
-                                    },
-                                ));
-                            }
-                        }
-                        Outcome::Failed(error) => {
-                            user.push.state = PushState::Failed;
-                            user.push.error = Some(error);
-                            summary.push_failed += 1;
-                        }
-                        Outcome::NotSent(reason) => {
-                            user.push.state = PushState::Skipped;
-                            user.push.error = Some(reason);
-                            not_sent += 1;
-                        }
-                    }
-                }
-                crate::metrics::pushes(applied, summary.push_failed);
-                let stats = client.stats();
-                let seconds = push_started.elapsed().as_secs_f64();
-                tracing::info!(
-                    applied,
-                    failed = summary.push_failed,
-                    throttled = stats.throttled,
-                    seconds = format!("{seconds:.2}"),
-                    users_per_second = format!("{:.2}", applied as f64 / seconds.max(1e-9)),
-                    "push finished"
-                );
-                if options.stop.is_cancelled() {
-                    let changes = std::mem::take(&mut baseline_changes);
-                    with_store(store, |store| store.update_baselines(&changes))?;
-                    return Err(ReconcileError::Interrupted { applied, not_sent });
-                }
-            }
-        }
+        let client = client
+            .clone()
+            .ok_or_else(|| ReconcileError::Worker("no Auth0 client".into()))?;
+        let phase = PushPhase {
+            client: &client,
+            store,
+            run_id: &run.id,
+            options,
+        };
+        phase
+            .run(
+                &mut users,
+                &mut summary,
+                &planned,
+                migrated_users,
+                limit,
+                &mut baseline_changes,
+            )
+            .await?;
     }
 
     let changed = with_store(store, |store| store.update_baselines(&baseline_changes))?;
@@ -417,6 +392,108 @@ async fn run_recorded(
         summary,
         users,
     })
+}
+
+/// The push step of a run: the fraction guard, then the journaled apply; outcomes go into the
+/// report entries, and the baselines of applied keys into `baseline_changes`.
+struct PushPhase<'a> {
+    client: &'a Arc<Auth0Client>,
+    store: &'a Arc<Mutex<StateStore>>,
+    run_id: &'a str,
+    options: &'a RunOptions,
+}
+
+impl PushPhase<'_> {
+    async fn run(
+        &self,
+        users: &mut [UserEntry],
+        summary: &mut Summary,
+        planned: &[join::Planned],
+        migrated_users: u64,
+        limit: f64,
+        baseline_changes: &mut Vec<BaselineChange>,
+    ) -> Result<(), ReconcileError> {
+        // Users are sorted by id now: find each plan's report entry once.
+        let by_index: std::collections::HashMap<usize, &join::Planned> = planned
+            .iter()
+            .filter_map(|planned| {
+                let index = users
+                    .binary_search_by(|user| user.user_id.as_str().cmp(&planned.auth0_id))
+                    .ok()?;
+                Some((index, planned))
+            })
+            .collect();
+        if let Err(refusal) = push::check_fraction(planned.len() as u64, migrated_users, limit) {
+            refuse(users, by_index.keys().copied(), &refusal);
+            return Ok(());
+        }
+        let tasks: Vec<PushTask> = by_index
+            .iter()
+            .map(|(&index, planned)| PushTask {
+                index,
+                auth0_id: planned.auth0_id.clone(),
+                bodies: planned.plan.bodies.clone(),
+            })
+            .collect();
+        let started = Instant::now();
+        let outcomes = apply::apply(
+            self.client.clone(),
+            self.store.clone(),
+            self.run_id,
+            tasks,
+            self.options.concurrency,
+            self.options.stop.clone(),
+        )
+        .await?;
+        let (mut applied, mut not_sent) = (0, 0);
+        for (index, outcome) in outcomes {
+            let user = &mut users[index];
+            match outcome {
+                Outcome::Applied => {
+                    user.push.state = PushState::Applied;
+                    user.needs_action = false;
+                    summary.pushed += 1;
+                    applied += 1;
+                    if let Some(planned) = by_index.get(&index) {
+                        baseline_changes.extend(planned.plan.keys.iter().map(|(key, value)| {
+                            BaselineChange {
+                                user_id: planned.legacy_id.clone(),
+                                key: key.clone(),
+                                hash: Some(crate::baseline::hash(value.as_deref())),
+                            }
+                        }));
+                    }
+                }
+                Outcome::Failed(error) => {
+                    user.push.state = PushState::Failed;
+                    user.push.error = Some(error);
+                    summary.push_failed += 1;
+                }
+                Outcome::NotSent(reason) => {
+                    user.push.state = PushState::Skipped;
+                    user.push.error = Some(reason);
+                    not_sent += 1;
+                }
+            }
+        }
+        crate::metrics::pushes(applied, summary.push_failed);
+        let stats = self.client.stats();
+        let seconds = started.elapsed().as_secs_f64();
+        tracing::info!(
+            applied,
+            failed = summary.push_failed,
+            throttled = stats.throttled,
+            seconds = format!("{seconds:.2}"),
+            users_per_second = format!("{:.2}", applied as f64 / seconds.max(1e-9)),
+            "push finished"
+        );
+        if self.options.stop.is_cancelled() {
+            let changes = std::mem::take(baseline_changes);
+            with_store(self.store, |store| store.update_baselines(&changes))?;
+            return Err(ReconcileError::Interrupted { applied, not_sent });
+        }
+        Ok(())
+    }
 }
 
 /// Marks every planned push as not sent, with the guard's reason, and says it loudly.
