@@ -108,6 +108,16 @@ impl Daemon {
     }
 }
 
+impl Drop for Daemon {
+    /// A failing test must not leave a daemon running.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 const SUCCESS: &str = "driftsync_runs_total{kind=\"full\",outcome=\"success\"}";
 
 /// A legacy table and export file of `users` generated users, and a daemon config running a
@@ -139,7 +149,7 @@ fn daemon_config(app: &App, name: &str, state: &str) -> String {
     name.to_owned()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_follow_the_runs_and_sigterm_exits_zero() {
     let app = file_setup(800).await;
     let config = daemon_config(&app, "daemon.toml", "state.db");
@@ -182,7 +192,7 @@ async fn metrics_follow_the_runs_and_sigterm_exits_zero() {
     assert!(took < Duration::from_secs(10), "{took:?}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_config_on_sighup_keeps_the_daemon_on_the_old_one() {
     let app = file_setup(200).await;
     let config = daemon_config(&app, "daemon.toml", "state.db");
@@ -206,7 +216,7 @@ async fn a_bad_config_on_sighup_keeps_the_daemon_on_the_old_one() {
     assert_eq!(code, Some(0));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_daemons_on_one_database_never_run_at_once() {
     let app = file_setup(6_000).await;
     let one = daemon_config(&app, "one.toml", "one.db");
@@ -249,7 +259,7 @@ async fn two_daemons_on_one_database_never_run_at_once() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_changes_schedule_catches_a_legacy_edit_without_an_export_job() {
     let tenant = Tenant::new(400, SimulatorConfig::default(), true).await;
     let port = free_port();
