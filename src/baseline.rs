@@ -23,12 +23,14 @@ pub enum Change {
     Both,
 }
 
-/// The canonical forms of one key on both sides.
+/// One key on both sides, as hashes of the canonical forms (equal values hash the same; the
+/// canonical text itself is never needed, so it is never kept).
 #[derive(Debug, Clone, PartialEq)]
 pub struct KeyValues {
-    pub key: String,
-    pub legacy: Option<String>,
-    pub auth0: Option<String>,
+    /// A field name, or `field.key` for a metadata key.
+    pub key: Cow<'static, str>,
+    pub legacy: i64,
+    pub auth0: i64,
 }
 
 impl KeyValues {
@@ -64,16 +66,16 @@ pub fn key_values(
                 names.sort_unstable();
                 for name in names {
                     keys.push(KeyValues {
-                        key: format!("{prefix}{name}"),
-                        legacy: legacy_object.get(name).and_then(canonical_json),
-                        auth0: auth0_object.get(name).and_then(canonical_json),
+                        key: Cow::Owned(format!("{prefix}{name}")),
+                        legacy: hash(legacy_object.get(name).and_then(canonical_json).as_deref()),
+                        auth0: hash(auth0_object.get(name).and_then(canonical_json).as_deref()),
                     });
                 }
             }
             _ => keys.push(KeyValues {
-                key: field.name().to_owned(),
-                legacy: canonical(field, legacy, auth0, false).map(Cow::into_owned),
-                auth0: canonical(field, auth0, legacy, true).map(Cow::into_owned),
+                key: Cow::Borrowed(field.name()),
+                legacy: hash(canonical(field, legacy, auth0, false).as_deref()),
+                auth0: hash(canonical(field, auth0, legacy, true).as_deref()),
             }),
         }
     }
@@ -97,7 +99,9 @@ fn canonical<'p>(
             if is_auth0 && is_generated_default(field, text, other, own) {
                 return None;
             }
-            if field == Field::Email {
+            if field == Field::Email
+                && (!text.is_ascii() || text.bytes().any(|b| b.is_ascii_uppercase()))
+            {
                 return Some(Cow::Owned(text.to_lowercase()));
             }
             Some(Cow::Borrowed(text))
@@ -177,10 +181,15 @@ pub fn hash(canonical: Option<&str>) -> i64 {
     hash as i64
 }
 
+/// The hash of "no value" (NULL, absent, `""`).
+pub fn no_value() -> i64 {
+    hash(None)
+}
+
 /// Which side changed a differing key, given its baseline hash.
 pub fn change(values: &KeyValues, baseline: i64) -> Change {
-    let legacy_same = hash(values.legacy.as_deref()) == baseline;
-    let auth0_same = hash(values.auth0.as_deref()) == baseline;
+    let legacy_same = values.legacy == baseline;
+    let auth0_same = values.auth0 == baseline;
     match (legacy_same, auth0_same) {
         (true, _) => Change::Auth0,
         (false, true) => Change::Legacy,
@@ -230,7 +239,7 @@ mod tests {
             Field::UserMetadata,
         ];
         let keys = key_values(&fields, &legacy, &auth0, &[]);
-        let names: Vec<&str> = keys.iter().map(|k| k.key.as_str()).collect();
+        let names: Vec<&str> = keys.iter().map(|k| k.key.as_ref()).collect();
         assert_eq!(
             names,
             [
@@ -282,8 +291,8 @@ mod tests {
         );
         let plan = keys.iter().find(|k| k.key == "app_metadata.plan").unwrap();
         assert_eq!(
-            (plan.legacy.as_deref(), plan.auth0.as_deref()),
-            (None, Some("\"pro\""))
+            (plan.legacy, plan.auth0),
+            (no_value(), hash(Some("\"pro\"")))
         );
         assert_eq!(change(plan, hash(Some("\"pro\""))), Change::Legacy);
     }

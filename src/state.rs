@@ -20,10 +20,17 @@ pub struct StateError {
     pub source: rusqlite::Error,
 }
 
+/// One step of the schema, from its index to the next version.
+enum Migration {
+    Sql(&'static str),
+    Code(fn(&rusqlite::Transaction<'_>) -> rusqlite::Result<()>),
+}
+
 /// Each entry migrates the schema from its index to the next version.
-const MIGRATIONS: &[&str] = &[
+const MIGRATIONS: &[Migration] = &[
     // 0 → 1
-    "CREATE TABLE runs (
+    Migration::Sql(
+        "CREATE TABLE runs (
         id TEXT PRIMARY KEY,
         kind TEXT NOT NULL,
         mode TEXT NOT NULL,
@@ -49,7 +56,36 @@ const MIGRATIONS: &[&str] = &[
         resolved_at TEXT
     );
     CREATE INDEX journal_unresolved ON journal (state) WHERE state = 'planned';",
+    ),
+    // 1 → 2: one row per user with its baselines packed, instead of one row per key; a first
+    // run writes ~8 times fewer rows.
+    Migration::Code(pack_baselines_per_user),
 ];
+
+fn pack_baselines_per_user(transaction: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    transaction.execute_batch(
+        "CREATE TABLE user_baselines (user_id TEXT PRIMARY KEY, packed BLOB NOT NULL) WITHOUT ROWID",
+    )?;
+    let mut grouped: HashMap<String, Vec<(String, i64)>> = HashMap::new();
+    {
+        let mut rows = transaction.prepare("SELECT user_id, key, hash FROM baselines")?;
+        let mut rows = rows.query([])?;
+        while let Some(row) = rows.next()? {
+            grouped
+                .entry(row.get(0)?)
+                .or_default()
+                .push((row.get(1)?, row.get(2)?));
+        }
+    }
+    {
+        let mut insert =
+            transaction.prepare("INSERT INTO user_baselines (user_id, packed) VALUES (?1, ?2)")?;
+        for (user_id, entries) in grouped {
+            insert.execute(params![user_id, pack(&entries)])?;
+        }
+    }
+    transaction.execute_batch("DROP TABLE baselines")
+}
 
 /// How a journal entry ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,15 +126,59 @@ pub struct RunRow {
     pub finished_at: Option<String>,
 }
 
-/// Baseline hashes by legacy user id, then key (a field name, or `field.key` for metadata).
-pub type Baselines = HashMap<String, Vec<(String, i64)>>;
+/// Every user's baselines as stored: one packed blob per legacy user id (see [`pack`]), so
+/// that a million users cost a few tens of megabytes, decoded only when a user is compared.
+#[derive(Debug, Default)]
+pub struct Baselines {
+    users: HashMap<Box<str>, Box<[u8]>>,
+}
 
-/// One baseline to set (`Some`) or forget (`None`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct BaselineChange {
-    pub user_id: String,
-    pub key: String,
-    pub hash: Option<i64>,
+impl Baselines {
+    /// A user's baselines: (key, hash) pairs, keys as in [`crate::baseline`].
+    pub fn get(&self, user_id: &str) -> Option<Vec<(String, i64)>> {
+        self.users.get(user_id).map(|packed| unpack(packed))
+    }
+
+    pub fn len(&self) -> usize {
+        self.users.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+}
+
+/// Packs (key, hash) pairs: per pair a little-endian u16 key length, the key, 8 bytes of hash.
+pub fn pack(entries: &[(String, i64)]) -> Box<[u8]> {
+    let mut packed = Vec::with_capacity(entries.iter().map(|(key, _)| key.len() + 10).sum());
+    for (key, hash) in entries {
+        // Keys are field names or `field.key` with a metadata key: longer than 64 KiB is not a
+        // key anyone wrote, and truncating one only loses that key's baseline.
+        let bytes = &key.as_bytes()[..key.len().min(usize::from(u16::MAX))];
+        packed.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
+        packed.extend_from_slice(bytes);
+        packed.extend_from_slice(&hash.to_le_bytes());
+    }
+    packed.into_boxed_slice()
+}
+
+pub fn unpack(mut packed: &[u8]) -> Vec<(String, i64)> {
+    let mut entries = Vec::new();
+    while let Some((length, rest)) = packed.split_first_chunk::<2>() {
+        let length = usize::from(u16::from_le_bytes(*length));
+        let Some((key, rest)) = rest.split_at_checked(length) else {
+            break;
+        };
+        let Some((hash, rest)) = rest.split_first_chunk::<8>() else {
+            break;
+        };
+        entries.push((
+            String::from_utf8_lossy(key).into_owned(),
+            i64::from_le_bytes(*hash),
+        ));
+        packed = rest;
+    }
+    entries
 }
 
 pub struct StateStore {
@@ -155,11 +235,17 @@ impl StateStore {
         }
         for (index, migration) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             let next = index as i64 + 1;
-            self.connection
-                .execute_batch(&format!(
-                    "BEGIN IMMEDIATE; {migration}; PRAGMA user_version = {next}; COMMIT;"
-                ))
+            let transaction = self
+                .connection
+                .unchecked_transaction()
                 .map_err(self.error("migrate the schema"))?;
+            match migration {
+                Migration::Sql(sql) => transaction.execute_batch(sql),
+                Migration::Code(step) => step(&transaction),
+            }
+            .and_then(|()| transaction.pragma_update(None, "user_version", next))
+            .and_then(|()| transaction.commit())
+            .map_err(self.error("migrate the schema"))?;
         }
         Ok(())
     }
@@ -260,62 +346,58 @@ impl StateStore {
     pub fn baselines(&self) -> Result<Baselines, StateError> {
         let mut statement = self
             .connection
-            .prepare("SELECT user_id, key, hash FROM baselines")
+            .prepare("SELECT user_id, packed FROM user_baselines")
             .map_err(self.error("read the baselines"))?;
         let rows = statement
             .query_map([], |row| {
                 Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, i64>(2)?,
+                    row.get::<_, String>(0)?.into_boxed_str(),
+                    row.get::<_, Vec<u8>>(1)?.into_boxed_slice(),
                 ))
             })
             .map_err(self.error("read the baselines"))?;
-        let mut baselines = Baselines::new();
+        let mut users = HashMap::new();
         for row in rows {
-            let (user_id, key, hash) = row.map_err(self.error("read the baselines"))?;
-            baselines.entry(user_id).or_default().push((key, hash));
+            let (user_id, packed) = row.map_err(self.error("read the baselines"))?;
+            users.insert(user_id, packed);
         }
-        Ok(baselines)
+        Ok(Baselines { users })
     }
 
-    /// Applies baseline changes in one transaction; returns how many rows changed.
-    pub fn update_baselines(&mut self, changes: &[BaselineChange]) -> Result<usize, StateError> {
+    /// Replaces users' baseline sets in one transaction (an empty set forgets the user);
+    /// returns how many users changed.
+    pub fn write_baselines<'a>(
+        &mut self,
+        writes: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) -> Result<usize, StateError> {
         let path = self.path.clone();
-        let error = |action: &'static str| {
-            let path = path.clone();
-            move |source| StateError {
-                path: path.clone(),
-                action,
-                source,
-            }
+        let error = |source| StateError {
+            path: path.clone(),
+            action: "update the baselines",
+            source,
         };
-        let transaction = self
-            .connection
-            .transaction()
-            .map_err(error("update the baselines"))?;
+        let transaction = self.connection.transaction().map_err(error)?;
         let mut changed = 0;
         {
             let mut upsert = transaction
                 .prepare_cached(
-                    "INSERT INTO baselines (user_id, key, hash) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (user_id, key) DO UPDATE SET hash = excluded.hash",
+                    "INSERT INTO user_baselines (user_id, packed) VALUES (?1, ?2)
+                     ON CONFLICT (user_id) DO UPDATE SET packed = excluded.packed",
                 )
-                .map_err(error("update the baselines"))?;
+                .map_err(error)?;
             let mut delete = transaction
-                .prepare_cached("DELETE FROM baselines WHERE user_id = ?1 AND key = ?2")
-                .map_err(error("update the baselines"))?;
-            for change in changes {
-                changed += match change.hash {
-                    Some(hash) => upsert.execute(params![change.user_id, change.key, hash]),
-                    None => delete.execute(params![change.user_id, change.key]),
+                .prepare_cached("DELETE FROM user_baselines WHERE user_id = ?1")
+                .map_err(error)?;
+            for (user_id, packed) in writes {
+                changed += if packed.is_empty() {
+                    delete.execute(params![user_id])
+                } else {
+                    upsert.execute(params![user_id, packed])
                 }
-                .map_err(error("update the baselines"))?;
+                .map_err(error)?;
             }
         }
-        transaction
-            .commit()
-            .map_err(error("update the baselines"))?;
+        transaction.commit().map_err(error)?;
         Ok(changed)
     }
 
@@ -416,27 +498,48 @@ mod tests {
     }
 
     #[test]
-    fn baselines_are_upserted_and_forgotten() {
+    fn baselines_are_written_per_user_and_forgotten() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = StateStore::open(&dir.path().join("s.db")).unwrap();
-        let change = |user: &str, key: &str, hash| BaselineChange {
-            user_id: user.into(),
-            key: key.into(),
-            hash,
-        };
-        store
-            .update_baselines(&[
-                change("1", "email", Some(7)),
-                change("1", "name", Some(8)),
-                change("2", "email", Some(9)),
-            ])
-            .unwrap();
-        store
-            .update_baselines(&[change("1", "email", Some(70)), change("1", "name", None)])
-            .unwrap();
+        let one = pack(&[("email".into(), 7), ("user_metadata.lang".into(), -8)]);
+        let two = pack(&[("email".into(), 9)]);
+        store.write_baselines([("1", &*one), ("2", &*two)]).unwrap();
+        store.write_baselines([("2", &[][..])]).unwrap();
         let baselines = store.baselines().unwrap();
-        assert_eq!(baselines["1"], vec![("email".to_owned(), 70)]);
-        assert_eq!(baselines["2"], vec![("email".to_owned(), 9)]);
+        assert_eq!(
+            baselines.get("1").unwrap(),
+            vec![
+                ("email".to_owned(), 7),
+                ("user_metadata.lang".to_owned(), -8)
+            ]
+        );
+        assert_eq!(baselines.get("2"), None);
+        assert_eq!(baselines.len(), 1);
+    }
+
+    #[test]
+    fn a_version_1_file_is_migrated_with_its_baselines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        {
+            let connection = Connection::open(&path).unwrap();
+            let Migration::Sql(v1) = &MIGRATIONS[0] else {
+                panic!("version 1 is SQL")
+            };
+            connection.execute_batch(v1).unwrap();
+            connection
+                .execute_batch(
+                    "INSERT INTO baselines VALUES ('1', 'email', 5), ('1', 'name', 6), ('2', 'email', 7);
+                     PRAGMA user_version = 1;",
+                )
+                .unwrap();
+        }
+        let store = StateStore::open(&path).unwrap();
+        let baselines = store.baselines().unwrap();
+        let mut one = baselines.get("1").unwrap();
+        one.sort();
+        assert_eq!(one, vec![("email".to_owned(), 5), ("name".to_owned(), 6)]);
+        assert_eq!(baselines.get("2").unwrap(), vec![("email".to_owned(), 7)]);
     }
 
     #[test]

@@ -81,6 +81,10 @@ pub enum Auth0Error {
     Download { job: String, detail: String },
 }
 
+/// The systemd credential name (`LoadCredential=auth0-client-secret:…`) read when neither the
+/// environment nor `auth0.client_secret_file` gives the secret.
+pub const CREDENTIAL_NAME: &str = "auth0-client-secret";
+
 /// Where and as whom to call the Management API.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -92,8 +96,8 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Reads the settings and the secret (`DRIFTSYNC_AUTH0_CLIENT_SECRET`, else
-    /// `auth0.client_secret_file`).
+    /// Reads the settings and the secret: `DRIFTSYNC_AUTH0_CLIENT_SECRET`, else
+    /// `auth0.client_secret_file`, else `$CREDENTIALS_DIRECTORY/auth0-client-secret`.
     pub fn from_config(
         auth0: &config::Auth0,
         env: &dyn Environment,
@@ -126,9 +130,13 @@ impl Settings {
                 key: "client_id",
                 why: "the machine-to-machine application's client id is needed to get a token",
             })?;
+        // systemd's LoadCredential puts the secret here when the unit asks for it.
+        let credential = env
+            .var("CREDENTIALS_DIRECTORY")
+            .map(|dir| std::path::Path::new(&dir).join(CREDENTIAL_NAME));
         let client_secret = match env.var(ENV_CLIENT_SECRET) {
             Some(secret) => SecretString::from(secret),
-            None => match &auth0.client_secret_file {
+            None => match auth0.client_secret_file.as_ref().or(credential.as_ref()) {
                 Some(path) => {
                     let text =
                         std::fs::read_to_string(path).map_err(|source| Auth0Error::SecretFile {
@@ -140,7 +148,7 @@ impl Settings {
                 None => {
                     return Err(Auth0Error::MissingSetting {
                         key: "client_secret_file",
-                        why: "set it, or the environment variable DRIFTSYNC_AUTH0_CLIENT_SECRET",
+                        why: "set it, or the environment variable DRIFTSYNC_AUTH0_CLIENT_SECRET, or a systemd credential named auth0-client-secret",
                     });
                 }
             },
@@ -341,6 +349,53 @@ impl Auth0Client {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use secrecy::ExposeSecret;
+
+    struct Env(Vec<(&'static str, String)>);
+
+    impl Environment for Env {
+        fn var(&self, name: &str) -> Option<String> {
+            self.0
+                .iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| value.clone())
+        }
+    }
+
+    #[test]
+    fn the_secret_comes_from_env_then_file_then_systemd_credential() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("file"), "from-file\n").unwrap();
+        std::fs::write(dir.path().join(CREDENTIAL_NAME), "from-credential").unwrap();
+        let mut auth0 = config::Auth0 {
+            domain: Some("t.eu.auth0.com".into()),
+            base_url: None,
+            client_id: Some("id".into()),
+            client_secret_file: Some(dir.path().join("file")),
+            connection: "c".into(),
+            migrated: config::MigratedRule::Always,
+        };
+        let credentials = ("CREDENTIALS_DIRECTORY", dir.path().display().to_string());
+        let secret = |auth0: &config::Auth0, env: Env| {
+            Settings::from_config(auth0, &env)
+                .unwrap()
+                .client_secret
+                .expose_secret()
+                .to_owned()
+        };
+        let with_env = Env(vec![
+            (ENV_CLIENT_SECRET, "from-env".into()),
+            credentials.clone(),
+        ]);
+        assert_eq!(secret(&auth0, with_env), "from-env");
+        assert_eq!(secret(&auth0, Env(vec![credentials.clone()])), "from-file");
+        auth0.client_secret_file = None;
+        assert_eq!(secret(&auth0, Env(vec![credentials])), "from-credential");
+        let missing = Settings::from_config(&auth0, &Env(vec![]))
+            .unwrap_err()
+            .to_string();
+        assert!(missing.contains("client_secret_file"), "{missing}");
+    }
 
     #[test]
     fn plain_http_only_to_loopback() {

@@ -46,7 +46,7 @@ pub async fn run(options: &DemoOptions, out: &mut dyn Write) -> anyhow::Result<(
             (Some(cluster), url)
         }
     };
-    let outcome = demo_with_database(options, &set, &url, out).await;
+    let outcome = demo_with_database(&set, &url, out).await;
     if options.legacy_url.is_some() {
         // Leave the user's database as it was, even after a failure.
         if let Ok(client) = crate::legacy::connect(&url).await {
@@ -61,12 +61,7 @@ pub async fn run(options: &DemoOptions, out: &mut dyn Write) -> anyhow::Result<(
     outcome
 }
 
-async fn demo_with_database(
-    options: &DemoOptions,
-    set: &DataSet,
-    url: &str,
-    out: &mut dyn Write,
-) -> anyhow::Result<()> {
+async fn demo_with_database(set: &DataSet, url: &str, out: &mut dyn Write) -> anyhow::Result<()> {
     let client = crate::legacy::connect(url).await?;
     client
         .batch_execute(&format!("DROP TABLE IF EXISTS {TABLE}"))
@@ -92,13 +87,12 @@ async fn demo_with_database(
         datagen::CONNECTION
     )?;
 
-    let outcome = reconcile_against(options, set, url, &simulator, out).await;
+    let outcome = reconcile_against(set, url, &simulator, out).await;
     simulator.shutdown().await;
     outcome
 }
 
 async fn reconcile_against(
-    _options: &DemoOptions,
     set: &DataSet,
     url: &str,
     simulator: &Simulator,

@@ -50,8 +50,8 @@ impl PushPolicy {
 pub struct UserPlan {
     /// One or more PATCH bodies, sent in order.
     pub bodies: Vec<Map<String, Json>>,
-    /// The keys the bodies set, with their canonical legacy value, for the baselines.
-    pub keys: Vec<(String, Option<String>)>,
+    /// The keys the bodies set, with the hash of their legacy value, for the baselines.
+    pub keys: Vec<(String, i64)>,
     /// Root fields the legacy side changed that Auth0 does not accept for this user.
     pub refused: Vec<Field>,
 }
@@ -69,7 +69,7 @@ pub fn plan_user(
     for values in changed {
         let (field_name, metadata_key) = match values.key.split_once('.') {
             Some((field, key)) => (field, Some(key)),
-            None => (values.key.as_str(), None),
+            None => (values.key.as_ref(), None),
         };
         let Some(field) = Field::from_name(field_name) else {
             continue;
@@ -108,7 +108,7 @@ pub fn plan_user(
                 );
             }
         }
-        keys.push((values.key.clone(), values.legacy.clone()));
+        keys.push((values.key.to_string(), values.legacy));
     }
     if body.contains_key("email") && !body.contains_key("email_verified") {
         let verified = if policy.legacy_has_email_verified {
@@ -211,7 +211,7 @@ mod tests {
         );
         assert_eq!(
             plan.keys,
-            [("email".to_owned(), Some("new@x.io".to_owned()))]
+            [("email".to_owned(), crate::baseline::hash(Some("new@x.io")))]
         );
     }
 

@@ -168,6 +168,8 @@ pub(super) async fn run(
             store,
             run_id: &run.id,
             options,
+            baselines: &baselines,
+            limit,
         };
         phase
             .run(
@@ -175,12 +177,13 @@ pub(super) async fn run(
                 &mut summary,
                 &planned,
                 tenant_users,
-                limit,
                 &mut baseline_changes,
             )
             .await?;
     }
-    with_store(store, |store| store.update_baselines(&baseline_changes))?;
+    with_store(store, |store| {
+        super::write_baselines(store, &baseline_changes)
+    })?;
     run.finished_at = timestamp::now_rfc3339();
     Ok(Report {
         version: REPORT_VERSION,

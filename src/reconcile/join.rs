@@ -14,7 +14,7 @@ use crate::export::{self, Auth0User, ExportFilter, USER_ID_PREFIX};
 use crate::profile::{Field, LegacyRecord, LegacyView, Profile};
 use crate::push::plan::{self, PushPolicy, UserPlan};
 use crate::report::{PushOutcome, PushState, Summary, UserEntry};
-use crate::state::{BaselineChange, Baselines};
+use crate::state::{self, Baselines};
 
 use super::ReconcileError;
 use super::progress::Counters;
@@ -32,6 +32,9 @@ pub struct JoinContext<'a> {
     pub counters: &'a Counters,
 }
 
+/// New packed baseline sets by legacy user id.
+pub type BaselineWrites = HashMap<Box<str>, Box<[u8]>>;
+
 /// A planned push, by Auth0 user id.
 #[derive(Debug)]
 pub struct Planned {
@@ -44,8 +47,8 @@ pub struct Joined {
     pub summary: Summary,
     pub users: Vec<UserEntry>,
     pub planned: Vec<Planned>,
-    /// Baselines of keys both sides now agree on, where they differ from the stored ones.
-    pub baseline_changes: Vec<BaselineChange>,
+    /// New packed baseline sets of the users whose set changed (empty: forget the user).
+    pub baseline_changes: BaselineWrites,
     pub migrated_users: u64,
 }
 
@@ -109,7 +112,7 @@ impl Joined {
             summary: Summary::default(),
             users: Vec::new(),
             planned: Vec::new(),
-            baseline_changes: Vec::new(),
+            baseline_changes: BaselineWrites::new(),
             migrated_users: 0,
         }
     }
@@ -121,7 +124,8 @@ impl Joined {
         legacy: &LegacyView<'_>,
         user: &Auth0User<'_>,
     ) {
-        let stored = context.baselines.get(user.legacy_id).map(Vec::as_slice);
+        let stored = context.baselines.get(user.legacy_id);
+        let stored = stored.as_deref();
         let verdict = classify::classify(context.fields, Some(legacy), Some(user), stored);
         collect_baselines(
             &mut self.baseline_changes,
@@ -213,53 +217,64 @@ fn block_plan(auth0: &Profile<'_>) -> UserPlan {
     }
 }
 
-/// Records the baselines of agreeing keys that differ from what is stored, and forgets stored
-/// metadata keys that neither side has any more.
+/// Computes the user's new baseline set: agreeing keys take the agreed value, differing keys
+/// keep what is stored, metadata keys that neither side has any more are forgotten. Only a set
+/// that changed is recorded.
 fn collect_baselines(
-    changes: &mut Vec<BaselineChange>,
+    changes: &mut BaselineWrites,
     legacy_id: &str,
     keys: &[KeyValues],
     stored: Option<&[(String, i64)]>,
     fields: &[Field],
 ) {
     let stored = stored.unwrap_or_default();
+    let mut entries: Vec<(String, i64)> = stored.to_vec();
     for key in keys.iter().filter(|key| !key.differs()) {
-        let hash = baseline::hash(key.legacy.as_deref());
-        let known = stored
-            .iter()
-            .find(|(name, _)| *name == key.key)
-            .map(|(_, hash)| *hash);
-        if key.legacy.is_none() && key.key.contains('.') {
+        let position = entries.iter().position(|(name, _)| *name == key.key);
+        if key.legacy == baseline::no_value() && key.key.contains('.') {
             // A metadata key absent on both sides needs no baseline.
-            if known.is_some() {
-                changes.push(BaselineChange {
-                    user_id: legacy_id.to_owned(),
-                    key: key.key.clone(),
-                    hash: None,
-                });
+            if let Some(position) = position {
+                entries.swap_remove(position);
             }
             continue;
         }
-        if known != Some(hash) {
-            changes.push(BaselineChange {
-                user_id: legacy_id.to_owned(),
-                key: key.key.clone(),
-                hash: Some(hash),
-            });
+        match position {
+            Some(position) => entries[position].1 = key.legacy,
+            None => entries.push((key.key.to_string(), key.legacy)),
         }
     }
     // Stored metadata keys of compared fields that are no longer among the keys at all.
-    for (name, _) in stored {
-        let Some((field, _)) = name.split_once('.') else {
-            continue;
-        };
-        let compared = fields.iter().any(|f| f.name() == field);
-        if compared && !keys.iter().any(|key| key.key == *name) {
-            changes.push(BaselineChange {
-                user_id: legacy_id.to_owned(),
-                key: name.clone(),
-                hash: None,
-            });
+    entries.retain(|(name, _)| match name.split_once('.') {
+        Some((field, _)) if fields.iter().any(|f| f.name() == field) => {
+            keys.iter().any(|key| key.key == *name)
+        }
+        _ => true,
+    });
+    entries.sort_unstable();
+    let mut before = stored.to_vec();
+    before.sort_unstable();
+    if entries != before {
+        changes.insert(legacy_id.into(), state::pack(&entries));
+    }
+}
+
+/// Sets the baselines of pushed keys for a user, on top of this run's other changes.
+pub fn record_pushed(
+    changes: &mut BaselineWrites,
+    stored: &Baselines,
+    legacy_id: &str,
+    pushed: &[(String, i64)],
+) {
+    let mut entries = match changes.get(legacy_id) {
+        Some(packed) => state::unpack(packed),
+        None => stored.get(legacy_id).unwrap_or_default(),
+    };
+    for (key, hash) in pushed {
+        match entries.iter_mut().find(|(name, _)| name == key) {
+            Some(entry) => entry.1 = *hash,
+            None => entries.push((key.clone(), *hash)),
         }
     }
+    entries.sort_unstable();
+    changes.insert(legacy_id.into(), state::pack(&entries));
 }

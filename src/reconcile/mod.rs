@@ -25,9 +25,9 @@ use crate::push::apply::{self, ApplyError, Outcome, PushTask, RecoverError};
 use crate::push::plan::{DEFAULT_MIGRATED_FIELDS, PushPolicy};
 use crate::push::{self, Refusal};
 use crate::report::{PushState, REPORT_VERSION, Report, RunInfo, Summary, UserEntry};
-use crate::state::{BaselineChange, StateError, StateStore};
+use crate::state::{Baselines, StateError, StateStore};
 use crate::timestamp;
-use join::{JoinContext, Joined, LegacyTable};
+use join::{BaselineWrites, JoinContext, Joined, LegacyTable};
 use progress::Counters;
 
 #[derive(Debug, thiserror::Error)]
@@ -193,6 +193,16 @@ pub async fn run_kind(
     Ok(report)
 }
 
+fn write_baselines(store: &mut StateStore, changes: &BaselineWrites) -> Result<usize, StateError> {
+    // In key order, SQLite appends to its B-tree instead of splitting pages all over it.
+    let mut sorted: Vec<(&str, &[u8])> = changes
+        .iter()
+        .map(|(user, packed)| (&**user, &**packed))
+        .collect();
+    sorted.sort_unstable_by_key(|(user, _)| *user);
+    store.write_baselines(sorted)
+}
+
 fn with_store<T>(
     store: &Mutex<StateStore>,
     operation: impl FnOnce(&mut StateStore) -> Result<T, StateError>,
@@ -281,7 +291,8 @@ async fn run_recorded(
             .unwrap_or_else(|| DEFAULT_MIGRATED_FIELDS.to_vec()),
         legacy_has_email_verified: fields.contains(&Field::EmailVerified),
     };
-    let baselines = with_store(store, |store| store.baselines())?;
+    let baselines = Arc::new(with_store(store, |store| store.baselines())?);
+    let join_baselines = baselines.clone();
     let filter = ExportFilter {
         connection: config.auth0.connection.clone(),
         migrated: side.migrated,
@@ -320,7 +331,7 @@ async fn run_recorded(
         let context = JoinContext {
             fields: &fields,
             filter: &filter,
-            baselines: &baselines,
+            baselines: &join_baselines,
             policy: &policy,
             orphans,
             counters: &join_counters,
@@ -361,6 +372,8 @@ async fn run_recorded(
             store,
             run_id: &run.id,
             options,
+            baselines: &baselines,
+            limit,
         };
         phase
             .run(
@@ -368,13 +381,12 @@ async fn run_recorded(
                 &mut summary,
                 &planned,
                 migrated_users,
-                limit,
                 &mut baseline_changes,
             )
             .await?;
     }
 
-    let changed = with_store(store, |store| store.update_baselines(&baseline_changes))?;
+    let changed = with_store(store, |store| write_baselines(store, &baseline_changes))?;
     tracing::info!(baselines_changed = changed, "updated the baselines");
     if let Some(client) = &client {
         let stats = client.stats();
@@ -401,6 +413,10 @@ struct PushPhase<'a> {
     store: &'a Arc<Mutex<StateStore>>,
     run_id: &'a str,
     options: &'a RunOptions,
+    /// The stored baselines, under this run's changes.
+    baselines: &'a Baselines,
+    /// `max_push_fraction` for this run.
+    limit: f64,
 }
 
 impl PushPhase<'_> {
@@ -410,8 +426,7 @@ impl PushPhase<'_> {
         summary: &mut Summary,
         planned: &[join::Planned],
         migrated_users: u64,
-        limit: f64,
-        baseline_changes: &mut Vec<BaselineChange>,
+        baseline_changes: &mut BaselineWrites,
     ) -> Result<(), ReconcileError> {
         // Users are sorted by id now: find each plan's report entry once.
         let by_index: std::collections::HashMap<usize, &join::Planned> = planned
@@ -423,7 +438,8 @@ impl PushPhase<'_> {
                 Some((index, planned))
             })
             .collect();
-        if let Err(refusal) = push::check_fraction(planned.len() as u64, migrated_users, limit) {
+        if let Err(refusal) = push::check_fraction(planned.len() as u64, migrated_users, self.limit)
+        {
             refuse(users, by_index.keys().copied(), &refusal);
             return Ok(());
         }
@@ -455,13 +471,12 @@ impl PushPhase<'_> {
                     summary.pushed += 1;
                     applied += 1;
                     if let Some(planned) = by_index.get(&index) {
-                        baseline_changes.extend(planned.plan.keys.iter().map(|(key, value)| {
-                            BaselineChange {
-                                user_id: planned.legacy_id.clone(),
-                                key: key.clone(),
-                                hash: Some(crate::baseline::hash(value.as_deref())),
-                            }
-                        }));
+                        join::record_pushed(
+                            baseline_changes,
+                            self.baselines,
+                            &planned.legacy_id,
+                            &planned.plan.keys,
+                        );
                     }
                 }
                 Outcome::Failed(error) => {
@@ -488,8 +503,7 @@ impl PushPhase<'_> {
             "push finished"
         );
         if self.options.stop.is_cancelled() {
-            let changes = std::mem::take(baseline_changes);
-            with_store(self.store, |store| store.update_baselines(&changes))?;
+            with_store(self.store, |store| write_baselines(store, baseline_changes))?;
             return Err(ReconcileError::Interrupted { applied, not_sent });
         }
         Ok(())
