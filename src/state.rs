@@ -186,6 +186,14 @@ pub struct StateStore {
     path: PathBuf,
 }
 
+impl std::fmt::Debug for StateStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
 impl StateStore {
     pub fn open(path: &Path) -> Result<StateStore, StateError> {
         let connection = Connection::open(path).map_err(|source| StateError {

@@ -369,11 +369,12 @@ async fn sigterm_lets_requests_in_flight_finish_and_the_next_run_completes() {
 
 #[tokio::test]
 async fn sigkill_mid_push_loses_nothing_and_applies_nothing_twice() {
-    let tenant = busy_tenant(5_000, 800.0).await;
+    // ~86% of generated users are migrated and matched: 6,000 users give a push of 5,000+.
+    let tenant = busy_tenant(6_000, 800.0).await;
     let names = legacy_names(&tenant).await;
     let first = tenant.reconcile();
     let planned = first["summary"]["stranded"].as_u64().unwrap();
-    assert!(planned > 4_000, "{}", first["summary"]);
+    assert!(planned >= 5_000, "{}", first["summary"]);
 
     let mut child = spawn_push(&tenant);
     wait_for_patches(&tenant, 1_500).await;

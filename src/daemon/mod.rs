@@ -13,6 +13,7 @@ mod lock;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -21,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ProcessEnv, Schedule};
 use crate::reconcile::{self, ReconcileError, RunKind, RunOptions};
+use crate::state::StateStore;
 
 /// How long the running step may take to finish after SIGTERM before the daemon leaves it.
 const STOP_DEADLINE: Duration = Duration::from_secs(9);
@@ -79,6 +81,8 @@ fn load(path: &Path) -> anyhow::Result<(Config, Schedules)> {
 
 pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let (mut config, mut schedules) = load(&config_path)?;
+    // Opened once for the life of the process; a reload that moves state.path reopens it.
+    let mut store = open_store(&config)?;
     let handle = crate::metrics::install()?;
     let server = http::serve(config.metrics.listen, handle)
         .await
@@ -112,6 +116,15 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
                         if new_config.metrics.listen != config.metrics.listen {
                             tracing::warn!("metrics.listen changed: it takes effect at the next restart");
                         }
+                        if new_config.state.path != config.state.path {
+                            match open_store(&new_config) {
+                                Ok(reopened) => store = reopened,
+                                Err(error) => {
+                                    tracing::error!("keeping the old configuration: {error:#}");
+                                    continue;
+                                }
+                            }
+                        }
                         config = new_config;
                         schedules = new_schedules;
                         tracing::info!("reloaded the configuration");
@@ -128,7 +141,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
             "running a {} run",
             kind.name()
         ))]);
-        let step = run_once(kind, &config, stop.clone());
+        let step = run_once(kind, &config, &store, stop.clone());
         tokio::pin!(step);
         let status = tokio::select! {
             status = &mut step => status,
@@ -167,7 +180,12 @@ async fn finish_after_stop(
 }
 
 /// One scheduled run, under the advisory lock; returns a one-line status for systemd.
-async fn run_once(kind: RunKind, config: &Config, stop: CancellationToken) -> String {
+async fn run_once(
+    kind: RunKind,
+    config: &Config,
+    store: &Arc<Mutex<StateStore>>,
+    stop: CancellationToken,
+) -> String {
     let started = Instant::now();
     let lock = match lock::try_acquire(config).await {
         Ok(Some(lock)) => lock,
@@ -187,6 +205,7 @@ async fn run_once(kind: RunKind, config: &Config, stop: CancellationToken) -> St
     };
     let options = RunOptions {
         stop,
+        store: Some(store.clone()),
         ..RunOptions::default()
     };
     let result = reconcile::run_kind(kind, config, &options, &ProcessEnv).await;
@@ -231,6 +250,10 @@ async fn run_once(kind: RunKind, config: &Config, stop: CancellationToken) -> St
             format!("{} run failed; see the log", kind.name())
         }
     }
+}
+
+fn open_store(config: &Config) -> anyhow::Result<Arc<Mutex<StateStore>>> {
+    Ok(Arc::new(Mutex::new(StateStore::open(&config.state.path)?)))
 }
 
 fn notify(states: &[sd_notify::NotifyState<'_>]) {

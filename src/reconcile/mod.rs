@@ -87,6 +87,9 @@ pub struct RunOptions {
     pub concurrency: usize,
     /// Cancelled on SIGTERM/SIGINT.
     pub stop: CancellationToken,
+    /// The state file, when the caller keeps it open across runs (the daemon); otherwise each
+    /// run opens `state.path`.
+    pub store: Option<Arc<Mutex<StateStore>>>,
 }
 
 impl Default for RunOptions {
@@ -100,6 +103,7 @@ impl Default for RunOptions {
             max_push_fraction: None,
             concurrency: apply::DEFAULT_CONCURRENCY,
             stop: CancellationToken::new(),
+            store: None,
         }
     }
 }
@@ -163,7 +167,10 @@ pub async fn run_kind(
     };
     let id = run.id.clone();
     let started = Instant::now();
-    let store = Arc::new(Mutex::new(StateStore::open(&config.state.path)?));
+    let store = match &options.store {
+        Some(store) => store.clone(),
+        None => Arc::new(Mutex::new(StateStore::open(&config.state.path)?)),
+    };
     with_store(&store, |store| {
         store.start_run(&run.id, run.kind, run.mode, &run.started_at)
     })?;
