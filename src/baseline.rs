@@ -10,6 +10,9 @@
 
 use std::borrow::Cow;
 
+use std::collections::BTreeMap;
+
+use serde_json::value::RawValue;
 use serde_json::{Map, Value as Json};
 
 use crate::classify::is_generated_default;
@@ -52,10 +55,10 @@ pub fn key_values(
     for &field in fields {
         match field.kind() {
             Kind::Object => {
-                let legacy_object = object(legacy.get(field));
-                let auth0_object = object(auth0.get(field));
+                let legacy_object = raw_object(legacy.get(field));
+                let auth0_object = raw_object(auth0.get(field));
                 let prefix = format!("{}.", field.name());
-                let mut names: Vec<&str> = legacy_object.keys().map(String::as_str).collect();
+                let mut names: Vec<&str> = legacy_object.keys().map(|name| name.as_ref()).collect();
                 for extra in extra_metadata_keys {
                     if let Some(name) = extra.strip_prefix(&prefix)
                         && !names.contains(&name)
@@ -67,8 +70,18 @@ pub fn key_values(
                 for name in names {
                     keys.push(KeyValues {
                         key: Cow::Owned(format!("{prefix}{name}")),
-                        legacy: hash(legacy_object.get(name).and_then(canonical_json).as_deref()),
-                        auth0: hash(auth0_object.get(name).and_then(canonical_json).as_deref()),
+                        legacy: hash(
+                            legacy_object
+                                .get(name)
+                                .and_then(|raw| canonical_raw(raw))
+                                .as_deref(),
+                        ),
+                        auth0: hash(
+                            auth0_object
+                                .get(name)
+                                .and_then(|raw| canonical_raw(raw))
+                                .as_deref(),
+                        ),
                     });
                 }
             }
@@ -117,6 +130,38 @@ pub(crate) fn object(value: Option<&Value<'_>>) -> Map<String, Json> {
         Some(Value::Object(text)) => serde_json::from_str(text).unwrap_or_default(),
         _ => Map::new(),
     }
+}
+
+/// A metadata object's first-level values, borrowed from its text (no tree is built).
+fn raw_object<'a>(value: Option<&'a Value<'_>>) -> BTreeMap<Cow<'a, str>, &'a RawValue> {
+    match value {
+        Some(Value::Object(text)) => serde_json::from_str(text).unwrap_or_default(),
+        _ => BTreeMap::new(),
+    }
+}
+
+/// The canonical form of a raw JSON value: strings without escapes, booleans and short
+/// integers are canonical as written; anything else goes through [`canonical_json`].
+fn canonical_raw(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let text = raw.get().trim();
+    let simple = match text.as_bytes().first() {
+        Some(b'"') => !text.contains('\\'),
+        Some(b't' | b'f') => true,
+        Some(b'n') => return None,
+        Some(b'-' | b'0'..=b'9') => {
+            let digits = text.strip_prefix('-').unwrap_or(text);
+            digits.len() <= 15
+                && digits.bytes().all(|byte| byte.is_ascii_digit())
+                && !(digits.len() > 1 && digits.starts_with('0'))
+                && text != "-0"
+        }
+        _ => false,
+    };
+    if simple {
+        return Some(Cow::Borrowed(text));
+    }
+    let value: Json = serde_json::from_str(text).ok()?;
+    canonical_json(&value).map(Cow::Owned)
 }
 
 /// JSON written canonically (sorted keys, numbers by value); `null` is no value.
@@ -298,6 +343,33 @@ mod tests {
     }
 
     const PINNED_A: i64 = 589_763_776_587_810_007;
+
+    #[test]
+    fn raw_values_canonicalize_like_parsed_ones() {
+        for text in [
+            r#""plain""#,
+            r#""esc\u00e9""#,
+            "true",
+            "12",
+            "-3",
+            "1.0",
+            "1e2",
+            "-0",
+            "123456789012345678901",
+            r#"{"b":1,"a":[1.0,"x"]}"#,
+            "[1, 2]",
+        ] {
+            let raw: Box<RawValue> = serde_json::from_str(text).unwrap();
+            let parsed: Json = serde_json::from_str(text).unwrap();
+            assert_eq!(
+                canonical_raw(&raw).map(Cow::into_owned),
+                canonical_json(&parsed),
+                "{text}"
+            );
+        }
+        let null: Box<RawValue> = serde_json::from_str("null").unwrap();
+        assert_eq!(canonical_raw(&null), None);
+    }
 
     #[test]
     fn hashes_are_stable_and_distinguish_no_value() {

@@ -130,7 +130,7 @@ pub struct RunRow {
 /// that a million users cost a few tens of megabytes, decoded only when a user is compared.
 #[derive(Debug, Default)]
 pub struct Baselines {
-    users: HashMap<Box<str>, Box<[u8]>>,
+    users: HashMap<Box<str>, Box<[u8]>, foldhash::fast::RandomState>,
 }
 
 impl Baselines {
@@ -364,7 +364,7 @@ impl StateStore {
                 ))
             })
             .map_err(self.error("read the baselines"))?;
-        let mut users = HashMap::new();
+        let mut users = HashMap::default();
         for row in rows {
             let (user_id, packed) = row.map_err(self.error("read the baselines"))?;
             users.insert(user_id, packed);

@@ -20,7 +20,8 @@ use super::ReconcileError;
 use super::progress::Counters;
 
 /// A legacy row waiting for its Auth0 profile; `None` once matched (kept to catch duplicates).
-pub type LegacyTable = HashMap<Box<str>, Option<LegacyRecord>>;
+/// foldhash: several times faster than SipHash on short ids, and randomly seeded per process.
+pub type LegacyTable = HashMap<Box<str>, Option<LegacyRecord>, foldhash::fast::RandomState>;
 
 /// What the join needs besides the two sides.
 pub struct JoinContext<'a> {
@@ -33,7 +34,7 @@ pub struct JoinContext<'a> {
 }
 
 /// New packed baseline sets by legacy user id.
-pub type BaselineWrites = HashMap<Box<str>, Box<[u8]>>;
+pub type BaselineWrites = HashMap<Box<str>, Box<[u8]>, foldhash::fast::RandomState>;
 
 /// A planned push, by Auth0 user id.
 #[derive(Debug)]
@@ -62,7 +63,7 @@ pub fn join(
     let mut joined = Joined::new();
     let mut table = table;
     // Auth0 ids without a legacy row, to catch duplicates among them too.
-    let mut unmatched: HashSet<Box<str>> = HashSet::new();
+    let mut unmatched: HashSet<Box<str>, foldhash::fast::RandomState> = HashSet::default();
     export::read(
         source_name,
         input,
@@ -112,7 +113,7 @@ impl Joined {
             summary: Summary::default(),
             users: Vec::new(),
             planned: Vec::new(),
-            baseline_changes: BaselineWrites::new(),
+            baseline_changes: BaselineWrites::default(),
             migrated_users: 0,
         }
     }
@@ -228,6 +229,9 @@ fn collect_baselines(
     fields: &[Field],
 ) {
     let stored = stored.unwrap_or_default();
+    if unchanged(keys, stored, fields) {
+        return;
+    }
     let mut entries: Vec<(String, i64)> = stored.to_vec();
     for key in keys.iter().filter(|key| !key.differs()) {
         let position = entries.iter().position(|(name, _)| *name == key.key);
@@ -256,6 +260,26 @@ fn collect_baselines(
     if entries != before {
         changes.insert(legacy_id.into(), state::pack(&entries));
     }
+}
+
+/// Whether the stored set already holds every agreeing key with its value and nothing to
+/// forget: the common case of every run after the first, checked without allocating.
+fn unchanged(keys: &[KeyValues], stored: &[(String, i64)], fields: &[Field]) -> bool {
+    let agreed_match = keys.iter().filter(|key| !key.differs()).all(|key| {
+        let found = stored.iter().find(|(name, _)| *name == key.key);
+        if key.legacy == baseline::no_value() && key.key.contains('.') {
+            found.is_none()
+        } else {
+            found.is_some_and(|(_, hash)| *hash == key.legacy)
+        }
+    });
+    let nothing_stale = stored.iter().all(|(name, _)| match name.split_once('.') {
+        Some((field, _)) if fields.iter().any(|f| f.name() == field) => {
+            keys.iter().any(|key| key.key == *name)
+        }
+        _ => true,
+    });
+    agreed_match && nothing_stale
 }
 
 /// Sets the baselines of pushed keys for a user, on top of this run's other changes.

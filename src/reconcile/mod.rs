@@ -256,7 +256,7 @@ async fn run_recorded(
     // an export job takes Auth0 a while, so neither side waits for the other.
     let auth0_side =
         prepare_auth0_side(config, client.as_deref(), &source, &fields, &options.export);
-    let mut table = LegacyTable::new();
+    let mut table = LegacyTable::default();
     let legacy_side = legacy::stream(&mut db, &config.legacy.query, &fields, |_, row| {
         counters
             .legacy_rows
