@@ -245,18 +245,7 @@ pub fn change(values: &KeyValues, baseline: i64) -> Change {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn profile(values: &[(Field, Value<'static>)]) -> Profile<'static> {
-        let mut profile = Profile::default();
-        for (field, value) in values {
-            profile.set(*field, Some(value.clone()));
-        }
-        profile
-    }
-
-    fn text(value: &'static str) -> Value<'static> {
-        Value::Text(Cow::Borrowed(value))
-    }
+    use crate::profile::fixtures::{profile, text};
 
     #[test]
     fn equal_values_have_equal_canonical_forms() {

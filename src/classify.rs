@@ -336,23 +336,9 @@ fn is_generated_picture(url: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::profile::fixtures::object as obj;
+    use crate::profile::fixtures::{profile, text};
     use std::borrow::Cow;
-
-    fn profile(values: &[(Field, Value<'static>)]) -> Profile<'static> {
-        let mut profile = Profile::default();
-        for (field, value) in values {
-            profile.set(*field, Some(value.clone()));
-        }
-        profile
-    }
-
-    fn text(value: &'static str) -> Value<'static> {
-        Value::Text(Cow::Borrowed(value))
-    }
-
-    fn obj(value: &'static str) -> Value<'static> {
-        Value::Object(Cow::Borrowed(value))
-    }
 
     fn differs(
         field: Field,

@@ -183,15 +183,20 @@ pub async fn connect(url: &str) -> Result<Client, LegacyError> {
     Ok(client)
 }
 
-/// Prepares the query in a read-only transaction and returns its checked columns without
-/// fetching a row (what `check` needs).
-pub async fn describe(client: &mut Client, query: &str) -> Result<Columns, LegacyError> {
-    let transaction = client
+/// Every legacy transaction is READ ONLY: the database refuses any write a query might attempt.
+async fn read_only(client: &mut Client) -> Result<tokio_postgres::Transaction<'_>, LegacyError> {
+    client
         .build_transaction()
         .read_only(true)
         .start()
         .await
-        .map_err(LegacyError::Query)?;
+        .map_err(LegacyError::Query)
+}
+
+/// Prepares the query in a read-only transaction and returns its checked columns without
+/// fetching a row (what `check` needs).
+pub async fn describe(client: &mut Client, query: &str) -> Result<Columns, LegacyError> {
+    let transaction = read_only(client).await?;
     let statement = transaction
         .prepare(query)
         .await
@@ -202,12 +207,7 @@ pub async fn describe(client: &mut Client, query: &str) -> Result<Columns, Legac
 /// Runs the query with `LIMIT 0` in a read-only transaction: proves that it executes,
 /// privileges included, without reading a row.
 pub async fn run_empty(client: &mut Client, query: &str) -> Result<(), LegacyError> {
-    let transaction = client
-        .build_transaction()
-        .read_only(true)
-        .start()
-        .await
-        .map_err(LegacyError::Query)?;
+    let transaction = read_only(client).await?;
     let inner = query.trim().trim_end_matches(';');
     transaction
         .query(
@@ -260,12 +260,7 @@ async fn stream_sql(
     required: &[Field],
     mut each: impl FnMut(&Columns, LegacyRow<'_>) -> Result<(), LegacyError>,
 ) -> Result<Columns, LegacyError> {
-    let transaction = client
-        .build_transaction()
-        .read_only(true)
-        .start()
-        .await
-        .map_err(LegacyError::Query)?;
+    let transaction = read_only(client).await?;
     let statement = transaction
         .prepare(query)
         .await

@@ -254,6 +254,28 @@ fn utf8(bytes: &[u8]) -> &str {
     std::str::from_utf8(bytes).unwrap_or_default()
 }
 
+/// Building profiles in unit tests.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+
+    pub fn profile(values: &[(Field, Value<'static>)]) -> Profile<'static> {
+        let mut profile = Profile::default();
+        for (field, value) in values {
+            profile.set(*field, Some(value.clone()));
+        }
+        profile
+    }
+
+    pub fn text(value: &'static str) -> Value<'static> {
+        Value::Text(Cow::Borrowed(value))
+    }
+
+    pub fn object(value: &'static str) -> Value<'static> {
+        Value::Object(Cow::Borrowed(value))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

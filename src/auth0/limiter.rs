@@ -41,8 +41,9 @@ pub struct RateInfo {
     pub reset: u64,
 }
 
-/// The shortest window over which a refill rate is measured.
-const MIN_WINDOW: Duration = Duration::from_secs(1);
+/// The shortest window over which a refill rate is measured; answers arrive with jitter, and
+/// the longer the window the less that jitter can inflate the rate.
+const MIN_WINDOW: Duration = Duration::from_secs(2);
 /// Older samples are dropped; the rate follows changes of plan within this time.
 const MAX_WINDOW: Duration = Duration::from_secs(10);
 /// The share of the measured refill rate that is used.
@@ -74,8 +75,8 @@ struct Bucket {
     probe: bool,
     in_flight: u32,
     next_ticket: u64,
-    /// Sequence numbers of the requests in flight.
-    open_tickets: std::collections::BTreeSet<u64>,
+    /// The requests in flight: sequence number → when it was sent (UNIX time).
+    open_tickets: std::collections::BTreeMap<u64, Duration>,
     /// The newest request whose answer re-synchronised the count.
     synced_ticket: u64,
     answered: u64,
@@ -96,7 +97,7 @@ impl Bucket {
     fn issue(&mut self) -> u64 {
         self.in_flight += 1;
         self.next_ticket += 1;
-        self.open_tickets.insert(self.next_ticket);
+        self.open_tickets.insert(self.next_ticket, unix_now());
         self.next_ticket
     }
 
@@ -145,10 +146,13 @@ impl Bucket {
         Err(wait.max(Duration::from_millis(1)))
     }
 
-    fn close(&mut self, ticket: u64) {
-        if self.open_tickets.remove(&ticket) {
+    /// Forgets a request; returns when it was sent.
+    fn close(&mut self, ticket: u64) -> Option<Duration> {
+        let sent = self.open_tickets.remove(&ticket);
+        if sent.is_some() {
             self.in_flight = self.in_flight.saturating_sub(1);
         }
+        sent
     }
 
     fn observe(
@@ -233,11 +237,14 @@ impl Bucket {
     }
 }
 
-fn until_unix(reset: u64) -> Duration {
-    let now = SystemTime::now()
+fn unix_now() -> Duration {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    Duration::from_secs(reset).saturating_sub(now)
+        .unwrap_or_default()
+}
+
+fn until_unix(reset: u64) -> Duration {
+    Duration::from_secs(reset).saturating_sub(unix_now())
 }
 
 /// The buckets of one tenant, shared by every request of a client.
@@ -406,9 +413,9 @@ mod tests {
         let mut bucket = Bucket::default();
         let start = Instant::now();
         let mut ticket = bucket.try_take(start).unwrap();
-        // The server refills 10 tokens/s; we use 20 requests/s for 3 s: remaining falls by 10/s.
-        let mut remaining = 40.0f64;
-        for step in 0..60u32 {
+        // The server refills 10 tokens/s; we use 20 requests/s for 4 s: remaining falls by 10/s.
+        let mut remaining = 45.0f64;
+        for step in 0..80u32 {
             let at = start + Duration::from_millis(50 * u64::from(step));
             remaining = (remaining - 1.0 + 0.5).max(0.0);
             bucket.observe(

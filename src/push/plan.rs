@@ -155,24 +155,8 @@ fn metadata_value(object: Option<&Value<'_>>, key: &str) -> Json {
 mod tests {
     use super::*;
     use crate::baseline::key_values;
+    use crate::profile::fixtures::{object, profile, text};
     use serde_json::json;
-    use std::borrow::Cow;
-
-    fn profile(values: &[(Field, Value<'static>)]) -> Profile<'static> {
-        let mut profile = Profile::default();
-        for (field, value) in values {
-            profile.set(*field, Some(value.clone()));
-        }
-        profile
-    }
-
-    fn text(value: &'static str) -> Value<'static> {
-        Value::Text(Cow::Borrowed(value))
-    }
-
-    fn object(value: &'static str) -> Value<'static> {
-        Value::Object(Cow::Borrowed(value))
-    }
 
     fn policy(import_mode: bool) -> PushPolicy {
         PushPolicy {

@@ -15,12 +15,11 @@ use super::progress::Counters;
 use super::{PushPhase, ReconcileError, RunOptions, with_store};
 use crate::auth0::{Auth0Client, Settings};
 use crate::classify::{self};
-use crate::config::{Config, Environment, MigratedRule};
+use crate::config::{Config, Environment};
 use crate::export::{self, ExportFilter};
 use crate::legacy::{self, LegacyError};
-use crate::profile::{Field, LegacyRecord};
+use crate::profile::LegacyRecord;
 use crate::push::apply;
-use crate::push::plan::{DEFAULT_MIGRATED_FIELDS, PushPolicy};
 use crate::report::{REPORT_VERSION, Report, RunInfo};
 use crate::state::StateStore;
 use crate::timestamp;
@@ -55,11 +54,7 @@ pub(super) async fn run(
         apply::recover(&client, store).await?;
     }
     let connection = client.connection_by_name(&config.auth0.connection).await?;
-    let migrated = match &config.auth0.migrated {
-        MigratedRule::ImportMode if connection.options.import_mode => MigratedRule::Always,
-        MigratedRule::ImportMode => MigratedRule::Never,
-        other => other.clone(),
-    };
+    let migrated = super::resolve_migrated(&config.auth0.migrated, connection.options.import_mode);
 
     let mut db = legacy::connect(config.legacy.url.expose_secret()).await?;
     let columns = legacy::describe(&mut db, &config.legacy.query).await?;
@@ -98,15 +93,7 @@ pub(super) async fn run(
             .await;
 
     let baselines = with_store(store, |store| store.baselines())?;
-    let policy = PushPolicy {
-        import_mode: connection.options.import_mode,
-        migrated_fields: config
-            .reconcile
-            .push_fields
-            .clone()
-            .unwrap_or_else(|| DEFAULT_MIGRATED_FIELDS.to_vec()),
-        legacy_has_email_verified: fields.contains(&Field::EmailVerified),
-    };
+    let policy = super::push_policy(config, connection.options.import_mode, &fields);
     let filter = ExportFilter {
         connection: config.auth0.connection.clone(),
         migrated,

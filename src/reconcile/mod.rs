@@ -286,18 +286,11 @@ async fn run_recorded(
         return Err(ReconcileError::Stopped);
     }
 
-    let policy = PushPolicy {
-        // Without the API the connection is unknown: a rule that says "migrated" implies it.
-        import_mode: side
-            .import_mode
-            .unwrap_or(side.migrated != MigratedRule::Never),
-        migrated_fields: config
-            .reconcile
-            .push_fields
-            .clone()
-            .unwrap_or_else(|| DEFAULT_MIGRATED_FIELDS.to_vec()),
-        legacy_has_email_verified: fields.contains(&Field::EmailVerified),
-    };
+    // Without the API the connection is unknown: a rule that says "migrated" implies it.
+    let import_mode = side
+        .import_mode
+        .unwrap_or(side.migrated != MigratedRule::Never);
+    let policy = push_policy(config, import_mode, &fields);
     let baselines = Arc::new(with_store(store, |store| store.baselines())?);
     let join_baselines = baselines.clone();
     let filter = ExportFilter {
@@ -584,11 +577,7 @@ async fn prepare_auth0_side(
     };
     let connection = client.connection_by_name(&config.auth0.connection).await?;
     let import_mode = connection.options.import_mode;
-    let migrated = match &config.auth0.migrated {
-        MigratedRule::ImportMode if import_mode => MigratedRule::Always,
-        MigratedRule::ImportMode => MigratedRule::Never,
-        other => other.clone(),
-    };
+    let migrated = resolve_migrated(&config.auth0.migrated, import_mode);
     tracing::info!(connection = %connection.id, import_mode, "found the connection");
     let job = match source {
         Source::Export => {
@@ -602,6 +591,28 @@ async fn prepare_auth0_side(
         job,
         import_mode: Some(import_mode),
     })
+}
+
+/// The migration rule with `import_mode` replaced by what the connection says.
+fn resolve_migrated(rule: &MigratedRule, import_mode: bool) -> MigratedRule {
+    match rule {
+        MigratedRule::ImportMode if import_mode => MigratedRule::Always,
+        MigratedRule::ImportMode => MigratedRule::Never,
+        other => other.clone(),
+    }
+}
+
+/// What a push may send, for a connection with or without `import_mode`.
+fn push_policy(config: &Config, import_mode: bool, fields: &[Field]) -> PushPolicy {
+    PushPolicy {
+        import_mode,
+        migrated_fields: config
+            .reconcile
+            .push_fields
+            .clone()
+            .unwrap_or_else(|| DEFAULT_MIGRATED_FIELDS.to_vec()),
+        legacy_has_email_verified: fields.contains(&Field::EmailVerified),
+    }
 }
 
 /// A run id that sorts by time and stays unique across hosts and processes.
