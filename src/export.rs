@@ -151,16 +151,87 @@ pub struct ExportStats {
     pub not_database_user: u64,
 }
 
-/// Opens an export file, gzip or plain.
+/// Opens an export file, gzip or plain, decompressed ahead on its own thread.
 pub fn open_file(path: &Path) -> Result<Box<dyn BufRead + Send>, ExportError> {
-    let file = File::open(path).map_err(|source| ExportError::Open {
+    let open_error = |source| ExportError::Open {
         path: path.to_owned(),
         source,
-    })?;
-    decompressing(BufReader::with_capacity(256 * 1024, file)).map_err(|source| ExportError::Open {
-        path: path.to_owned(),
-        source,
-    })
+    };
+    let file = File::open(path).map_err(open_error)?;
+    let input = decompressing(BufReader::with_capacity(256 * 1024, file)).map_err(open_error)?;
+    Ok(read_ahead(input))
+}
+
+/// Blocks read ahead of the reader: at most this many are in flight.
+const READ_AHEAD_BLOCKS: usize = 8;
+const READ_AHEAD_BLOCK_BYTES: usize = 256 * 1024;
+
+/// Reads `input` on a thread of its own, a few blocks ahead of the consumer, so that
+/// decompression (the floor of a run) overlaps parsing and classification; memory stays at a
+/// few blocks. A read error reaches the consumer in order, after the data before it.
+pub fn read_ahead(mut input: Box<dyn BufRead + Send>) -> Box<dyn BufRead + Send> {
+    let (sender, receiver) =
+        std::sync::mpsc::sync_channel::<std::io::Result<Vec<u8>>>(READ_AHEAD_BLOCKS);
+    std::thread::spawn(move || {
+        loop {
+            let mut block = vec![0; READ_AHEAD_BLOCK_BYTES];
+            let result = input.read(&mut block).map(|read| {
+                block.truncate(read);
+                block
+            });
+            let done = matches!(&result, Ok(block) if block.is_empty()) || result.is_err();
+            // A consumer that stopped early (an error, a duplicate) waits for nothing more.
+            if sender.send(result).is_err() || done {
+                break;
+            }
+        }
+    });
+    Box::new(BufReader::with_capacity(
+        READ_AHEAD_BLOCK_BYTES,
+        ChannelReader {
+            receiver,
+            block: Vec::new(),
+            position: 0,
+            finished: false,
+        },
+    ))
+}
+
+struct ChannelReader {
+    receiver: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    block: Vec<u8>,
+    position: usize,
+    finished: bool,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.position == self.block.len() {
+            if self.finished {
+                return Ok(0);
+            }
+            match self.receiver.recv() {
+                Ok(Ok(block)) if block.is_empty() => self.finished = true,
+                Ok(Ok(block)) => {
+                    self.block = block;
+                    self.position = 0;
+                }
+                Ok(Err(error)) => {
+                    self.finished = true;
+                    return Err(error);
+                }
+                // The reader thread ended without saying so: it panicked.
+                Err(_) => {
+                    self.finished = true;
+                    return Err(std::io::Error::other("the read-ahead thread stopped"));
+                }
+            }
+        }
+        let count = out.len().min(self.block.len() - self.position);
+        out[..count].copy_from_slice(&self.block[self.position..self.position + count]);
+        self.position += count;
+        Ok(count)
+    }
 }
 
 /// Wraps a byte stream in a gzip decoder when it starts with the gzip magic bytes.
@@ -444,6 +515,38 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("line 1: longer than"), "{error}");
+    }
+
+    #[test]
+    fn read_ahead_delivers_every_byte_then_the_error_in_order() {
+        struct Failing {
+            data: std::io::Cursor<Vec<u8>>,
+        }
+        impl Read for Failing {
+            fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+                match self.data.read(out)? {
+                    0 => Err(std::io::Error::other("cut")),
+                    read => Ok(read),
+                }
+            }
+        }
+        let data: Vec<u8> = (0..3 * READ_AHEAD_BLOCK_BYTES + 17)
+            .map(|i| i as u8)
+            .collect();
+        let mut all = Vec::new();
+        read_ahead(Box::new(std::io::Cursor::new(data.clone())))
+            .read_to_end(&mut all)
+            .unwrap();
+        assert_eq!(all, data);
+        let failing = BufReader::new(Failing {
+            data: std::io::Cursor::new(data.clone()),
+        });
+        let mut partial = Vec::new();
+        let error = read_ahead(Box::new(failing))
+            .read_to_end(&mut partial)
+            .unwrap_err();
+        assert_eq!(error.to_string(), "cut");
+        assert_eq!(partial, data);
     }
 
     #[test]

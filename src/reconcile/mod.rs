@@ -321,7 +321,7 @@ async fn run_recorded(
                         line: 0,
                         source,
                     })?;
-                (name, input)
+                (name, export::read_ahead(input))
             }
             (Source::File(path), None) => (path.display().to_string(), export::open_file(&path)?),
             (Source::Export, None) => {
