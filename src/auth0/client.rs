@@ -427,7 +427,7 @@ impl std::fmt::Display for Failure {
     }
 }
 
-fn decode<T: DeserializeOwned>(
+pub(super) fn decode<T: DeserializeOwned>(
     method: &Method,
     endpoint: &'static str,
     bytes: &[u8],

@@ -298,51 +298,34 @@ impl Auth0Client {
 
     pub async fn job(&self, id: &str) -> Result<Job, Auth0Error> {
         let url = self.api_url(&["jobs", id])?;
-        let (status, bytes) = self
-            .send(
-                Method::GET,
-                EndpointClass::Jobs,
-                "/api/v2/jobs/{id}",
-                url,
-                None,
-            )
-            .await?;
-        if status == StatusCode::NOT_FOUND {
-            return Err(Auth0Error::JobFailed {
+        self.get_found(EndpointClass::Jobs, "/api/v2/jobs/{id}", url)
+            .await?
+            .ok_or_else(|| Auth0Error::JobFailed {
                 job: id.to_owned(),
                 detail: "Auth0 no longer knows the job (404); job data is deleted after 24 hours"
                     .into(),
-            });
-        }
-        serde_json::from_slice(&bytes).map_err(|error| Auth0Error::BadAnswer {
-            method: "GET".into(),
-            endpoint: "/api/v2/jobs/{id}",
-            detail: error.to_string(),
-        })
+            })
     }
 
     /// One user's profile, or `None` when Auth0 has no such user.
     pub async fn user(&self, auth0_id: &str) -> Result<Option<serde_json::Value>, Auth0Error> {
         let url = self.api_url(&["users", auth0_id])?;
-        let (status, bytes) = self
-            .send(
-                Method::GET,
-                EndpointClass::UsersRead,
-                "/api/v2/users/{id}",
-                url,
-                None,
-            )
-            .await?;
+        self.get_found(EndpointClass::UsersRead, "/api/v2/users/{id}", url)
+            .await
+    }
+
+    /// A GET whose 404 means "no such thing" rather than an error.
+    async fn get_found<T: serde::de::DeserializeOwned>(
+        &self,
+        class: EndpointClass,
+        endpoint: &'static str,
+        url: reqwest::Url,
+    ) -> Result<Option<T>, Auth0Error> {
+        let (status, bytes) = self.send(Method::GET, class, endpoint, url, None).await?;
         if status == StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|error| Auth0Error::BadAnswer {
-                method: "GET".into(),
-                endpoint: "/api/v2/users/{id}",
-                detail: error.to_string(),
-            })
+        client::decode(&Method::GET, endpoint, &bytes).map(Some)
     }
 }
 
