@@ -49,7 +49,7 @@ pub fn key_values(
     fields: &[Field],
     legacy: &Profile<'_>,
     auth0: &Profile<'_>,
-    extra_metadata_keys: &[&str],
+    extra_metadata_keys: &[(Field, &str)],
 ) -> Vec<KeyValues> {
     let mut keys = Vec::new();
     for &field in fields {
@@ -59,10 +59,8 @@ pub fn key_values(
                 let auth0_object = raw_object(auth0.get(field));
                 let prefix = format!("{}.", field.name());
                 let mut names: Vec<&str> = legacy_object.keys().map(|name| name.as_ref()).collect();
-                for extra in extra_metadata_keys {
-                    if let Some(name) = extra.strip_prefix(&prefix)
-                        && !names.contains(&name)
-                    {
+                for &(extra_field, name) in extra_metadata_keys {
+                    if extra_field == field && !names.contains(&name) {
                         names.push(name);
                     }
                 }
@@ -242,9 +240,156 @@ pub fn change(values: &KeyValues, baseline: i64) -> Change {
     }
 }
 
+/// Tag of a metadata key: the field index with this bit set, then the key's length and bytes.
+const METADATA_TAG: u8 = 0x40;
+/// Tag of a key that names no known field (kept verbatim so nothing is lost).
+const RAW_TAG: u8 = 0x7F;
+
+/// A stored key, as packed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredKey<'a> {
+    Field(Field),
+    /// A first-level key of a metadata field.
+    Metadata(Field, &'a str),
+    Raw(&'a str),
+}
+
+impl StoredKey<'_> {
+    /// Whether this is the key named `key` (`field` or `field.key`), compared without
+    /// building the name.
+    pub fn is(&self, key: &str) -> bool {
+        match *self {
+            StoredKey::Field(field) => field.name() == key,
+            StoredKey::Metadata(field, name) => {
+                key.strip_prefix(field.name())
+                    .and_then(|rest| rest.strip_prefix('.'))
+                    == Some(name)
+            }
+            StoredKey::Raw(raw) => raw == key,
+        }
+    }
+
+    pub fn name(&self) -> String {
+        match *self {
+            StoredKey::Field(field) => field.name().to_owned(),
+            StoredKey::Metadata(field, name) => format!("{field}.{name}"),
+            StoredKey::Raw(raw) => raw.to_owned(),
+        }
+    }
+}
+
+/// A user's baselines as the state file keeps them: per key a tag byte (the field index for a
+/// root field; [`METADATA_TAG`] | index, a LEB128 length and the key for a metadata key;
+/// [`RAW_TAG`], a length and the whole name otherwise), then the 8-byte little-endian hash.
+/// A root field costs 9 bytes; a million users' sets fit in about 100 MB.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PackedBaselines<'a>(pub &'a [u8]);
+
+impl<'a> PackedBaselines<'a> {
+    pub fn iter(&self) -> impl Iterator<Item = (StoredKey<'a>, i64)> + 'a {
+        let mut rest = self.0;
+        std::iter::from_fn(move || {
+            let (entry, after) = next_entry(rest)?;
+            rest = after;
+            Some(entry)
+        })
+    }
+
+    /// The hash stored for `key`, if any.
+    pub fn find(&self, key: &str) -> Option<i64> {
+        self.iter()
+            .find(|(stored, _)| stored.is(key))
+            .map(|(_, hash)| hash)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The (key, hash) pairs with their names, for editing a set.
+    pub fn entries(&self) -> Vec<(String, i64)> {
+        self.iter().map(|(key, hash)| (key.name(), hash)).collect()
+    }
+}
+
+/// Decodes one entry; `None` at the end or on damage (a damaged tail only loses baselines,
+/// which the timestamps then stand in for).
+fn next_entry(bytes: &[u8]) -> Option<((StoredKey<'_>, i64), &[u8])> {
+    let (&tag, rest) = bytes.split_first()?;
+    let (key, rest) = if tag < METADATA_TAG {
+        (StoredKey::Field(Field::from_index(tag)?), rest)
+    } else {
+        let (len, rest) = crate::profile::read_len(rest)?;
+        let (name, rest) = rest.split_at_checked(len)?;
+        let name = std::str::from_utf8(name).ok()?;
+        if tag == RAW_TAG {
+            (StoredKey::Raw(name), rest)
+        } else {
+            let field = Field::from_index(tag & !METADATA_TAG)?;
+            (StoredKey::Metadata(field, name), rest)
+        }
+    };
+    let (hash, rest) = rest.split_first_chunk::<8>()?;
+    Some(((key, i64::from_le_bytes(*hash)), rest))
+}
+
+/// Packs (key, hash) pairs (keys `field` or `field.key`) into the stored form.
+pub fn pack(entries: &[(String, i64)]) -> Box<[u8]> {
+    let mut packed = Vec::with_capacity(entries.len() * 12);
+    for (key, hash) in entries {
+        let field_and_name = match key.split_once('.') {
+            Some((field, name)) => Field::from_name(field)
+                .filter(|field| field.kind() == Kind::Object)
+                .map(|field| (field, Some(name))),
+            None => Field::from_name(key).map(|field| (field, None)),
+        };
+        match field_and_name {
+            Some((field, None)) => packed.push(field.index() as u8),
+            Some((field, Some(name))) => {
+                packed.push(METADATA_TAG | field.index() as u8);
+                crate::profile::write_len(&mut packed, name.len());
+                packed.extend_from_slice(name.as_bytes());
+            }
+            None => {
+                packed.push(RAW_TAG);
+                crate::profile::write_len(&mut packed, key.len());
+                packed.extend_from_slice(key.as_bytes());
+            }
+        }
+        packed.extend_from_slice(&hash.to_le_bytes());
+    }
+    packed.into_boxed_slice()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn packed_sets_round_trip_every_kind_of_key() {
+        let entries = vec![
+            ("email".to_owned(), 7),
+            ("user_metadata.lang".to_owned(), -8),
+            ("app_metadata.a.b".to_owned(), i64::MAX),
+            ("no_such_field".to_owned(), 1),
+            ("name.x".to_owned(), 2),
+        ];
+        let packed = pack(&entries);
+        let view = PackedBaselines(&packed);
+        assert_eq!(view.entries(), entries);
+        assert_eq!(view.find("user_metadata.lang"), Some(-8));
+        assert_eq!(view.find("user_metadata"), None);
+        assert_eq!(view.find("app_metadata.a.b"), Some(i64::MAX));
+        assert_eq!(view.find("name.x"), Some(2));
+        assert_eq!(view.find("name"), None);
+        // A root field takes its tag and its hash only.
+        assert_eq!(pack(&[("email".to_owned(), 1)]).len(), 9);
+        // A damaged tail ends the walk instead of inventing entries.
+        assert_eq!(
+            PackedBaselines(&packed[..packed.len() - 1]).iter().count(),
+            4
+        );
+    }
     use crate::profile::fixtures::{profile, text};
 
     #[test]
@@ -321,7 +466,7 @@ mod tests {
             &[Field::AppMetadata],
             &legacy,
             &auth0,
-            &["app_metadata.plan"],
+            &[(Field::AppMetadata, "plan")],
         );
         let plan = keys.iter().find(|k| k.key == "app_metadata.plan").unwrap();
         assert_eq!(

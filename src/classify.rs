@@ -6,9 +6,10 @@
 use std::fmt;
 
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value as Json};
 
-use crate::baseline::{self, Change, KeyValues};
+use crate::baseline::{self, Change, KeyValues, PackedBaselines, StoredKey};
 use crate::export::Auth0User;
 use crate::profile::{Field, Kind, LegacyView, Profile, Value};
 
@@ -75,8 +76,37 @@ pub enum Origin {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FieldDiff {
     pub field: Field,
-    pub legacy: Json,
-    pub auth0: Json,
+    pub legacy: ReportValue,
+    pub auth0: ReportValue,
+}
+
+/// A value as the report shows it, kept as compact JSON text: a report of a hundred thousand
+/// differing users holds no JSON trees.
+#[derive(Debug, Clone)]
+pub struct ReportValue(Box<RawValue>);
+
+impl ReportValue {
+    pub fn of<T: Serialize + ?Sized>(value: &T) -> ReportValue {
+        ReportValue(
+            serde_json::value::to_raw_value(value).unwrap_or_else(|_| RawValue::NULL.to_owned()),
+        )
+    }
+
+    pub fn to_json(&self) -> Json {
+        serde_json::from_str(self.0.get()).unwrap_or(Json::Null)
+    }
+}
+
+impl PartialEq for ReportValue {
+    fn eq(&self, other: &ReportValue) -> bool {
+        self.0.get() == other.0.get()
+    }
+}
+
+impl Serialize for ReportValue {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -102,8 +132,8 @@ impl Verdict {
     }
 }
 
-/// A user's baseline hashes by key.
-pub type UserBaseline<'a> = &'a [(String, i64)];
+/// A user's baseline hashes by key, as stored.
+pub type UserBaseline<'a> = PackedBaselines<'a>;
 
 /// Classifies one user id; at least one side is present. `baseline` holds the user's stored
 /// baseline hashes, if any.
@@ -120,10 +150,12 @@ pub fn classify(
         (None, _) => return Verdict::plain(Status::StaleCache),
     };
     let baseline = baseline.unwrap_or_default();
-    let remembered: Vec<&str> = baseline
+    let remembered: Vec<(Field, &str)> = baseline
         .iter()
-        .map(|(key, _)| key.as_str())
-        .filter(|key| key.contains('.'))
+        .filter_map(|(key, _)| match key {
+            StoredKey::Metadata(field, name) => Some((field, name)),
+            _ => None,
+        })
         .collect();
     let keys = baseline::key_values(fields, &legacy.profile, &auth0.profile, &remembered);
     let differing: Vec<usize> = (0..keys.len()).filter(|&i| keys[i].differs()).collect();
@@ -156,8 +188,8 @@ pub fn classify(
     let mut auth0_origin = None;
     let mut conflict = false;
     for &index in &differing {
-        let (change, origin) = match baseline.iter().find(|(key, _)| *key == keys[index].key) {
-            Some((_, hash)) => (baseline::change(&keys[index], *hash), Origin::Baseline),
+        let (change, origin) = match baseline.find(&keys[index].key) {
+            Some(hash) => (baseline::change(&keys[index], hash), Origin::Baseline),
             None => fallback,
         };
         // A baseline is the stronger evidence: it names the origin when it took part.
@@ -230,8 +262,8 @@ fn report_diffs(
         };
         diffs.push(FieldDiff {
             field,
-            legacy: pick(&legacy_object),
-            auth0: pick(&auth0_object),
+            legacy: ReportValue::of(&pick(&legacy_object)),
+            auth0: ReportValue::of(&pick(&auth0_object)),
         });
     }
     diffs
@@ -252,8 +284,8 @@ pub fn diff(field: Field, legacy: &Profile<'_>, auth0: &Profile<'_>) -> Option<F
             };
             (!equal).then(|| FieldDiff {
                 field,
-                legacy: legacy_text.map_or(Json::Null, |text| Json::String(text.to_owned())),
-                auth0: auth0_text.map_or(Json::Null, |text| Json::String(text.to_owned())),
+                legacy: ReportValue::of(&legacy_text),
+                auth0: ReportValue::of(&auth0_text),
             })
         }
         Kind::Bool => {
@@ -263,8 +295,8 @@ pub fn diff(field: Field, legacy: &Profile<'_>, auth0: &Profile<'_>) -> Option<F
             let auth0_value = boolean(auth0.get(field));
             (legacy_value.unwrap_or(false) != auth0_value.unwrap_or(false)).then(|| FieldDiff {
                 field,
-                legacy: legacy_value.map_or(Json::Null, Json::Bool),
-                auth0: auth0_value.map_or(Json::Null, Json::Bool),
+                legacy: ReportValue::of(&legacy_value),
+                auth0: ReportValue::of(&auth0_value),
             })
         }
         Kind::Object => {
@@ -476,11 +508,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            found.legacy,
+            found.legacy.to_json(),
             serde_json::json!({"lang":"de","tier":{"a":[1,2]}})
         );
         assert_eq!(
-            found.auth0,
+            found.auth0.to_json(),
             serde_json::json!({"lang":"en","tier":{"a":[1,3]}})
         );
     }
@@ -565,14 +597,14 @@ mod tests {
     fn baselines_decide_the_three_cases() {
         let fields = [Field::Name];
         let named = |name: &'static str| [(Field::Name, text(name))];
-        let agreed = vec![("name".to_owned(), baseline::hash(Some("Old")))];
+        let agreed = baseline::pack(&[("name".to_owned(), baseline::hash(Some("Old")))]);
         let case = |l: &'static str, a: &'static str| {
             // Timestamps that would say "auth0_ahead": the baseline must win over them.
             let verdict = classify(
                 &fields,
                 Some(&legacy(Some(5), &named(l))),
                 Some(&auth0(true, Some(10), &named(a))),
-                Some(&agreed),
+                Some(PackedBaselines(&agreed)),
             );
             (verdict.status, verdict.origin)
         };

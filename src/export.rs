@@ -278,38 +278,54 @@ pub fn read<E: From<ExportError>>(
         };
         stats.lines = line_number;
         if buffer.len() > MAX_LINE_BYTES {
-            return Err(line_error(format!(
-                "longer than {} bytes; the file is damaged or not an Auth0 export",
-                MAX_LINE_BYTES
-            ))
-            .into());
+            return Err(line_too_long(source_name, line_number).into());
         }
-        let text = buffer.trim_ascii();
-        if text.is_empty() {
-            continue;
-        }
-        let line: Line<'_> = serde_json::from_slice(text)
-            .map_err(|error| line_error(format!("not a valid export line: {error}")))?;
-        match interpret(line, filter).map_err(&line_error)? {
+        match parse_line(&buffer, filter).map_err(line_error)? {
             Interpreted::User(user) => {
                 stats.users += 1;
                 each(line_number, user)?;
             }
             Interpreted::OtherConnection => stats.other_connection += 1,
             Interpreted::NotDatabaseUser => stats.not_database_user += 1,
+            Interpreted::Blank => {}
         }
     }
     Ok(stats)
 }
 
+/// The error for a line over [`MAX_LINE_BYTES`].
+pub fn line_too_long(source_name: &str, line: u64) -> ExportError {
+    ExportError::Line {
+        source_name: source_name.to_owned(),
+        line,
+        message: format!(
+            "longer than {MAX_LINE_BYTES} bytes; the file is damaged or not an Auth0 export"
+        ),
+    }
+}
+
+/// What one line holds.
 #[allow(
     clippy::large_enum_variant,
     reason = "lives on the stack for one line; boxing would allocate per line"
 )]
-enum Interpreted<'a> {
+pub enum Interpreted<'a> {
     User(Auth0User<'a>),
     OtherConnection,
     NotDatabaseUser,
+    Blank,
+}
+
+/// Parses one line (without the line-length check, which the caller makes); the error says
+/// what is wrong with it, for a message that adds the source and line number.
+pub fn parse_line<'a>(bytes: &'a [u8], filter: &ExportFilter) -> Result<Interpreted<'a>, String> {
+    let text = bytes.trim_ascii();
+    if text.is_empty() {
+        return Ok(Interpreted::Blank);
+    }
+    let line: Line<'_> = serde_json::from_slice(text)
+        .map_err(|error| format!("not a valid export line: {error}"))?;
+    interpret(line, filter)
 }
 
 fn interpret<'a>(line: Line<'a>, filter: &ExportFilter) -> Result<Interpreted<'a>, String> {

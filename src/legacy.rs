@@ -65,6 +65,10 @@ pub enum LegacyError {
         column: &'static str,
         found: &'static str,
     },
+    #[error(
+        "legacy row {row} (user_id starting {user_id:?}): the row is larger than 4 GiB, which no profile is"
+    )]
+    ValueTooLong { row: u64, user_id: String },
     #[error("legacy row {row}: cannot read column `{column}`")]
     Value {
         row: u64,

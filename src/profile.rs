@@ -77,11 +77,11 @@ impl Field {
         }
     }
 
-    fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         self as usize
     }
 
-    fn from_index(index: u8) -> Option<Field> {
+    pub(crate) fn from_index(index: u8) -> Option<Field> {
         Field::ALL.get(usize::from(index)).copied()
     }
 
@@ -177,17 +177,21 @@ impl LegacyRecordBuilder {
 
     fn push(&mut self, tag: u8, bytes: &[u8]) {
         self.bytes.push(tag);
-        let mut len = bytes.len();
-        loop {
-            let low = (len & 0x7F) as u8;
-            len >>= 7;
-            if len == 0 {
-                self.bytes.push(low);
-                break;
-            }
-            self.bytes.push(low | 0x80);
-        }
+        write_len(&mut self.bytes, bytes.len());
         self.bytes.extend_from_slice(bytes);
+    }
+}
+
+/// Appends `len` as LEB128 (7 bits per byte, low first).
+pub(crate) fn write_len(out: &mut Vec<u8>, mut len: usize) {
+    loop {
+        let low = (len & 0x7F) as u8;
+        len >>= 7;
+        if len == 0 {
+            out.push(low);
+            return;
+        }
+        out.push(low | 0x80);
     }
 }
 
@@ -205,8 +209,20 @@ impl LegacyRecord {
     }
 
     pub fn view(&self) -> LegacyView<'_> {
+        LegacyView::of(&self.0)
+    }
+
+    /// The packed bytes, to be kept inside a larger allocation (the join table).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl<'a> LegacyView<'a> {
+    /// Unpacks the bytes of a [`LegacyRecord`].
+    pub fn of(bytes: &'a [u8]) -> LegacyView<'a> {
         let mut view = LegacyView::default();
-        let mut rest: &[u8] = &self.0;
+        let mut rest: &[u8] = bytes;
         // The builder is the only writer, so the encoding is well formed; a short read simply
         // ends the walk instead of panicking.
         while let Some((&tag, after_tag)) = rest.split_first() {
@@ -237,7 +253,8 @@ impl LegacyRecord {
     }
 }
 
-fn read_len(bytes: &[u8]) -> Option<(usize, &[u8])> {
+/// Reads a LEB128 length written by [`write_len`]; `None` when the bytes end first.
+pub(crate) fn read_len(bytes: &[u8]) -> Option<(usize, &[u8])> {
     let mut len = 0usize;
     for (i, &byte) in bytes.iter().enumerate().take(10) {
         len |= usize::from(byte & 0x7F) << (7 * i);

@@ -57,6 +57,21 @@ impl Summary {
         *self.slot(status) += 1;
     }
 
+    /// Adds the counts of another part of the same run.
+    pub fn merge(&mut self, other: &Summary) {
+        self.legacy_users += other.legacy_users;
+        self.auth0_users += other.auth0_users;
+        self.in_sync += other.in_sync;
+        self.stranded += other.stranded;
+        self.auth0_ahead += other.auth0_ahead;
+        self.conflict += other.conflict;
+        self.stale_cache += other.stale_cache;
+        self.not_migrated += other.not_migrated;
+        self.orphaned += other.orphaned;
+        self.pushed += other.pushed;
+        self.push_failed += other.push_failed;
+    }
+
     pub fn get(&self, status: Status) -> u64 {
         match status {
             Status::InSync => self.in_sync,
@@ -199,8 +214,8 @@ impl Report {
                     "{} {:<15} {:<34} {}",
                     head(first),
                     field.field.name(),
-                    cell(&field.legacy),
-                    cell(&field.auth0)
+                    cell(&field.legacy.to_json()),
+                    cell(&field.auth0.to_json())
                 );
                 first = false;
             }

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::baseline::{PackedBaselines, pack};
+
 #[derive(Debug, thiserror::Error)]
 #[error("state file {path}: cannot {action}")]
 pub struct StateError {
@@ -60,7 +62,26 @@ const MIGRATIONS: &[Migration] = &[
     // 1 → 2: one row per user with its baselines packed, instead of one row per key; a first
     // run writes ~8 times fewer rows.
     Migration::Code(pack_baselines_per_user),
+    // 2 → 3: keys as field tags instead of names (see `PackedBaselines`): sets half the size.
+    Migration::Code(repack_baselines_with_tags),
 ];
+
+fn repack_baselines_with_tags(transaction: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    let mut rows = Vec::new();
+    {
+        let mut select = transaction.prepare("SELECT user_id, packed FROM user_baselines")?;
+        let mut query = select.query([])?;
+        while let Some(row) = query.next()? {
+            rows.push((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?));
+        }
+    }
+    let mut update =
+        transaction.prepare("UPDATE user_baselines SET packed = ?2 WHERE user_id = ?1")?;
+    for (user_id, old) in rows {
+        update.execute(params![user_id, pack(&unpack_v2(&old))])?;
+    }
+    Ok(())
+}
 
 fn pack_baselines_per_user(transaction: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
     transaction.execute_batch(
@@ -78,10 +99,11 @@ fn pack_baselines_per_user(transaction: &rusqlite::Transaction<'_>) -> rusqlite:
         }
     }
     {
+        // Written in the version-2 form; the next step re-packs it.
         let mut insert =
             transaction.prepare("INSERT INTO user_baselines (user_id, packed) VALUES (?1, ?2)")?;
         for (user_id, entries) in grouped {
-            insert.execute(params![user_id, pack(&entries)])?;
+            insert.execute(params![user_id, pack_v2(&entries)])?;
         }
     }
     transaction.execute_batch("DROP TABLE baselines")
@@ -135,8 +157,10 @@ pub struct Baselines {
 
 impl Baselines {
     /// A user's baselines: (key, hash) pairs, keys as in [`crate::baseline`].
-    pub fn get(&self, user_id: &str) -> Option<Vec<(String, i64)>> {
-        self.users.get(user_id).map(|packed| unpack(packed))
+    pub fn get(&self, user_id: &str) -> Option<PackedBaselines<'_>> {
+        self.users
+            .get(user_id)
+            .map(|packed| PackedBaselines(packed))
     }
 
     pub fn len(&self) -> usize {
@@ -148,21 +172,20 @@ impl Baselines {
     }
 }
 
-/// Packs (key, hash) pairs: per pair a little-endian u16 key length, the key, 8 bytes of hash.
-pub fn pack(entries: &[(String, i64)]) -> Box<[u8]> {
-    let mut packed = Vec::with_capacity(entries.iter().map(|(key, _)| key.len() + 10).sum());
+/// Encodes a version-2 set (see [`unpack_v2`]); only the 1 → 2 migration writes one.
+fn pack_v2(entries: &[(String, i64)]) -> Vec<u8> {
+    let mut packed = Vec::new();
     for (key, hash) in entries {
-        // Keys are field names or `field.key` with a metadata key: longer than 64 KiB is not a
-        // key anyone wrote, and truncating one only loses that key's baseline.
         let bytes = &key.as_bytes()[..key.len().min(usize::from(u16::MAX))];
         packed.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
         packed.extend_from_slice(bytes);
         packed.extend_from_slice(&hash.to_le_bytes());
     }
-    packed.into_boxed_slice()
+    packed
 }
 
-pub fn unpack(mut packed: &[u8]) -> Vec<(String, i64)> {
+/// Decodes a version-2 set: per pair a little-endian u16 key length, the key, 8 bytes of hash.
+fn unpack_v2(mut packed: &[u8]) -> Vec<(String, i64)> {
     let mut entries = Vec::new();
     while let Some((length, rest)) = packed.split_first_chunk::<2>() {
         let length = usize::from(u16::from_le_bytes(*length));
@@ -372,6 +395,51 @@ impl StateStore {
         Ok(Baselines { users })
     }
 
+    /// The stored sets of the given users only (a changes run's few users).
+    pub fn baselines_of<'a>(
+        &self,
+        user_ids: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Baselines, StateError> {
+        let mut statement = self
+            .connection
+            .prepare_cached("SELECT packed FROM user_baselines WHERE user_id = ?1")
+            .map_err(self.error("read the baselines"))?;
+        let mut users = HashMap::default();
+        for user_id in user_ids {
+            let packed: Option<Vec<u8>> = statement
+                .query_row(params![user_id], |row| row.get(0))
+                .optional()
+                .map_err(self.error("read the baselines"))?;
+            if let Some(packed) = packed {
+                users.insert(user_id.into(), packed.into_boxed_slice());
+            }
+        }
+        Ok(Baselines { users })
+    }
+
+    /// Calls `each` with every stored set, in user id order, without collecting them.
+    pub fn for_each_baseline(&self, mut each: impl FnMut(&str, &[u8])) -> Result<(), StateError> {
+        let mut statement = self
+            .connection
+            .prepare("SELECT user_id, packed FROM user_baselines")
+            .map_err(self.error("read the baselines"))?;
+        let mut rows = statement
+            .query([])
+            .map_err(self.error("read the baselines"))?;
+        while let Some(row) = rows.next().map_err(self.error("read the baselines"))? {
+            let user_id = row
+                .get_ref(0)
+                .and_then(|value| Ok(value.as_str()?))
+                .map_err(self.error("read the baselines"))?;
+            let packed = row
+                .get_ref(1)
+                .and_then(|value| Ok(value.as_blob()?))
+                .map_err(self.error("read the baselines"))?;
+            each(user_id, packed);
+        }
+        Ok(())
+    }
+
     /// Replaces users' baseline sets in one transaction (an empty set forgets the user);
     /// returns how many users changed.
     pub fn write_baselines<'a>(
@@ -515,7 +583,7 @@ mod tests {
         store.write_baselines([("2", &[][..])]).unwrap();
         let baselines = store.baselines().unwrap();
         assert_eq!(
-            baselines.get("1").unwrap(),
+            baselines.get("1").unwrap().entries(),
             vec![
                 ("email".to_owned(), 7),
                 ("user_metadata.lang".to_owned(), -8)
@@ -544,10 +612,13 @@ mod tests {
         }
         let store = StateStore::open(&path).unwrap();
         let baselines = store.baselines().unwrap();
-        let mut one = baselines.get("1").unwrap();
+        let mut one = baselines.get("1").unwrap().entries();
         one.sort();
         assert_eq!(one, vec![("email".to_owned(), 5), ("name".to_owned(), 6)]);
-        assert_eq!(baselines.get("2").unwrap(), vec![("email".to_owned(), 7)]);
+        assert_eq!(
+            baselines.get("2").unwrap().entries(),
+            vec![("email".to_owned(), 7)]
+        );
     }
 
     #[test]

@@ -170,7 +170,7 @@ mod tests {
         fields: &[Field],
         legacy: &Profile,
         auth0: &Profile,
-        extra: &[&str],
+        extra: &[(Field, &str)],
         policy: &PushPolicy,
     ) -> UserPlan {
         let keys = key_values(fields, legacy, auth0, extra);
@@ -231,7 +231,7 @@ mod tests {
             &[Field::UserMetadata],
             &legacy,
             &auth0,
-            &["user_metadata.plan"],
+            &[(Field::UserMetadata, "plan")],
             &policy(true),
         );
         assert_eq!(

@@ -92,7 +92,9 @@ pub(super) async fn run(
             .collect()
             .await;
 
-    let baselines = with_store(store, |store| store.baselines())?;
+    let baselines = with_store(store, |store| {
+        store.baselines_of(rows.iter().map(|(legacy_id, _)| &**legacy_id))
+    })?;
     let policy = super::push_policy(config, connection.options.import_mode, &fields);
     let filter = ExportFilter {
         connection: config.auth0.connection.clone(),
@@ -102,7 +104,6 @@ pub(super) async fn run(
     let context = JoinContext {
         fields: &fields,
         filter: &filter,
-        baselines: &baselines,
         policy: &policy,
         orphans: config.reconcile.orphans,
         counters: &counters,
@@ -119,20 +120,26 @@ pub(super) async fn run(
             let source = format!("GET /api/v2/users/{auth0_id}");
             export::read::<ReconcileError>(&source, line.as_bytes(), &filter, |_, user| {
                 joined.summary.auth0_users += 1;
-                joined.match_user(&context, &record.view(), &user);
+                if let Some(entries) =
+                    joined.match_user(&context, &record.view(), baselines.get(legacy_id), &user)
+                {
+                    joined
+                        .baseline_changes
+                        .push(legacy_id, &crate::baseline::pack(&entries));
+                }
                 matched = true;
                 Ok(())
             })?;
         }
         if !matched {
             let verdict = classify::classify(&fields, Some(&record.view()), None, None);
-            joined.record(&auth0_id, legacy_id, verdict, None);
+            joined.record(&auth0_id, legacy_id, verdict, None, Vec::new());
         }
     }
     let Joined {
         mut summary,
         mut users,
-        planned,
+        mut planned,
         mut baseline_changes,
         ..
     } = joined;
@@ -141,6 +148,7 @@ pub(super) async fn run(
     crate::metrics::rows_read("auth0", summary.auth0_users);
     users.sort_unstable_by(|a, b| a.user_id.cmp(&b.user_id));
 
+    let mut interrupted = None;
     if push && !planned.is_empty() {
         // The guard's denominator is the size of the tenant as the last full run saw it.
         let tenant_users = with_store(store, |store| store.last_full_summary())?
@@ -155,22 +163,18 @@ pub(super) async fn run(
             store,
             run_id: &run.id,
             options,
-            baselines: &baselines,
             limit,
         };
-        phase
-            .run(
-                &mut users,
-                &mut summary,
-                &planned,
-                tenant_users,
-                &mut baseline_changes,
-            )
+        interrupted = phase
+            .run(&mut users, &mut summary, &mut planned, tenant_users)
             .await?;
     }
     with_store(store, |store| {
-        super::write_baselines(store, &baseline_changes)
+        super::write_baselines(store, &mut baseline_changes, &planned, Vec::new())
     })?;
+    if let Some(interrupted) = interrupted {
+        return Err(interrupted);
+    }
     run.finished_at = timestamp::now_rfc3339();
     Ok(Report {
         version: REPORT_VERSION,

@@ -1,40 +1,84 @@
-//! Matching the two sides: the legacy rows wait in a compact table keyed by user id while
-//! Auth0's profiles stream past; each user is classified as soon as both sides are known (its
-//! legacy record is freed then), the push for it is planned, and the baselines that changed are
-//! collected — so the state update is proportional to what changed.
+//! Matching the two sides: the legacy users wait in a [`LegacyTable`] while Auth0's profiles
+//! stream past; each user is classified as soon as both sides are known (its legacy record is
+//! freed then), the push for it is planned, and the baselines that changed are collected — so
+//! the state update is proportional to what changed.
+//!
+//! The export is cut into chunks of whole lines on the reading thread and parsed and classified
+//! by [`WORKERS`] threads; decompression runs on a thread of its own before that
+//! ([`crate::export::read_ahead`]). A malformed line stops every thread; the error reported is
+//! the one with the lowest line number.
 
-use std::collections::{HashMap, HashSet};
 use std::io::BufRead;
-use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender};
 
-use crate::baseline::{self, KeyValues};
+use crate::baseline::{self, KeyValues, PackedBaselines};
 use crate::classify::{self, Status, Verdict};
 use crate::config::OrphanAction;
-use crate::export::{self, Auth0User, ExportFilter, USER_ID_PREFIX};
-use crate::profile::{Field, LegacyRecord, LegacyView, Profile};
+use crate::export::{self, Auth0User, ExportError, ExportFilter, Interpreted, MAX_LINE_BYTES};
+use crate::profile::{Field, LegacyView, Profile};
 use crate::push::plan::{self, PushPolicy, UserPlan};
 use crate::report::{PushOutcome, PushState, Summary, UserEntry};
-use crate::state::{self, Baselines};
 
 use super::ReconcileError;
 use super::progress::Counters;
+pub use super::table::LegacyTable;
+use super::table::{Taken, TakenUser};
 
-/// A legacy row waiting for its Auth0 profile; `None` once matched (kept to catch duplicates).
-/// foldhash: several times faster than SipHash on short ids, and randomly seeded per process.
-pub type LegacyTable = HashMap<Box<str>, Option<LegacyRecord>, foldhash::fast::RandomState>;
+/// Threads that parse and classify export lines: with decompression on a thread of its own,
+/// two keep both cores of a small machine busy.
+pub const WORKERS: usize = 2;
+
+/// Bytes of whole lines handed to a worker at a time.
+const CHUNK_BYTES: usize = 256 * 1024;
 
 /// What the join needs besides the two sides.
 pub struct JoinContext<'a> {
     pub fields: &'a [Field],
     pub filter: &'a ExportFilter,
-    pub baselines: &'a Baselines,
     pub policy: &'a PushPolicy,
     pub orphans: OrphanAction,
     pub counters: &'a Counters,
 }
 
-/// New packed baseline sets by legacy user id.
-pub type BaselineWrites = HashMap<Box<str>, Box<[u8]>, foldhash::fast::RandomState>;
+/// New packed baseline sets, each with its legacy user id in one allocation
+/// (`[id length: u32][id][packed set]`; an empty set forgets the user).
+#[derive(Debug, Default)]
+pub struct BaselineWrites(Vec<Box<[u8]>>);
+
+impl BaselineWrites {
+    pub fn push(&mut self, legacy_id: &str, packed: &[u8]) {
+        let mut bytes = Vec::with_capacity(4 + legacy_id.len() + packed.len());
+        bytes.extend_from_slice(&(legacy_id.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(legacy_id.as_bytes());
+        bytes.extend_from_slice(packed);
+        self.0.push(bytes.into_boxed_slice());
+    }
+
+    fn append(&mut self, other: &mut BaselineWrites) {
+        self.0.append(&mut other.0);
+    }
+
+    /// The (legacy id, packed set) pairs in id order: SQLite then appends to its B-tree
+    /// instead of splitting pages all over it.
+    pub fn sorted(&mut self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.0.sort_unstable_by(|a, b| split(a).0.cmp(split(b).0));
+        self.0.iter().map(|bytes| split(bytes))
+    }
+}
+
+fn split(bytes: &[u8]) -> (&str, &[u8]) {
+    let len = bytes
+        .first_chunk::<4>()
+        .map_or(0, |len| u32::from_le_bytes(*len) as usize);
+    let id = bytes.get(4..4 + len).unwrap_or_default();
+    // Only `push` writes, from a `&str`.
+    (
+        std::str::from_utf8(id).unwrap_or_default(),
+        bytes.get(4 + len..).unwrap_or_default(),
+    )
+}
 
 /// A planned push, by Auth0 user id.
 #[derive(Debug)]
@@ -42,99 +86,267 @@ pub struct Planned {
     pub auth0_id: String,
     pub legacy_id: String,
     pub plan: UserPlan,
+    /// The user's baseline set after this run's agreeing keys; pushed keys are added to it,
+    /// and it is written at the end of the run.
+    pub baselines: Vec<(String, i64)>,
 }
 
+#[derive(Default)]
 pub struct Joined {
     pub summary: Summary,
     pub users: Vec<UserEntry>,
     pub planned: Vec<Planned>,
-    /// New packed baseline sets of the users whose set changed (empty: forget the user).
+    /// New baseline sets of the users whose set changed, when the caller collects them here
+    /// (a full run keeps them in its [`LegacyTable`]); users with a planned push are not among
+    /// them: their sets travel with the plan.
     pub baseline_changes: BaselineWrites,
     pub migrated_users: u64,
 }
 
-/// Streams the export past the legacy table.
+/// A chunk of whole lines and the number of its first line.
+struct Chunk {
+    first_line: u64,
+    bytes: Vec<u8>,
+}
+
+/// An error and the line it belongs to, so that the lowest one is reported.
+type LineError = (u64, ReconcileError);
+
+/// Streams the export past the legacy table; every Auth0 profile takes its legacy user out.
 pub fn join(
     source_name: &str,
     input: impl BufRead,
-    table: LegacyTable,
+    table: &LegacyTable,
     context: &JoinContext<'_>,
 ) -> Result<Joined, ReconcileError> {
+    let stop = AtomicBool::new(false);
+    let (sender, receiver) = std::sync::mpsc::sync_channel::<Chunk>(WORKERS * 2);
+    let receiver = Mutex::new(receiver);
+    let (produced, results) = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..WORKERS)
+            .map(|_| scope.spawn(|| work(source_name, &receiver, table, context, &stop)))
+            .collect();
+        let produced = produce(source_name, input, &sender, &stop);
+        drop(sender);
+        let results: Vec<_> = workers.into_iter().map(|worker| worker.join()).collect();
+        (produced, results)
+    });
     let mut joined = Joined::new();
-    let mut table = table;
-    // Auth0 ids without a legacy row, to catch duplicates among them too.
-    let mut unmatched: HashSet<Box<str>, foldhash::fast::RandomState> = HashSet::default();
-    export::read(
-        source_name,
-        input,
-        context.filter,
-        |line, user: Auth0User<'_>| {
-            context.counters.auth0_users.fetch_add(1, Ordering::Relaxed);
-            joined.summary.auth0_users += 1;
-            if user.migrated {
-                joined.migrated_users += 1;
-            }
-            let duplicate = || ReconcileError::DuplicateAuth0User {
-                line,
-                user_id: user.auth0_id.to_owned(),
-            };
-            match table.get_mut(user.legacy_id) {
-                Some(slot) => {
-                    let record = slot.take().ok_or_else(duplicate)?;
-                    joined.match_user(context, &record.view(), &user);
-                }
-                None => {
-                    if !unmatched.insert(user.legacy_id.into()) {
-                        return Err(duplicate());
-                    }
-                    let verdict = classify::classify(context.fields, None, Some(&user), None);
-                    let plan = (verdict.status == Status::Orphaned
-                        && context.orphans == OrphanAction::Block)
-                        .then(|| block_plan(&user.profile));
-                    joined.record(user.auth0_id, user.legacy_id, verdict, plan);
+    let mut first_error: Option<LineError> = produced.err();
+    for result in results {
+        match result {
+            Ok(Ok(mut part)) => joined.merge(&mut part),
+            Ok(Err(error)) => {
+                if first_error.as_ref().is_none_or(|(line, _)| error.0 < *line) {
+                    first_error = Some(error);
                 }
             }
-            Ok(())
-        },
-    )?;
-    for (legacy_id, slot) in &table {
-        if let Some(record) = slot {
-            let verdict = classify::classify(context.fields, Some(&record.view()), None, None);
-            let auth0_id = format!("{USER_ID_PREFIX}{legacy_id}");
-            joined.record(&auth0_id, legacy_id, verdict, None);
+            Err(_) => {
+                first_error = Some((0, ReconcileError::Worker("a join worker panicked".into())));
+            }
         }
     }
+    if let Some((_, error)) = first_error {
+        return Err(error);
+    }
+    // Legacy users without an Auth0 profile: not migrated, counted only.
+    joined.summary.not_migrated += table.remaining();
     Ok(joined)
+}
+
+/// Cuts the input into chunks of whole lines for the workers.
+fn produce(
+    source_name: &str,
+    mut input: impl BufRead,
+    sender: &SyncSender<Chunk>,
+    stop: &AtomicBool,
+) -> Result<(), LineError> {
+    let mut next_line = 1;
+    let mut pending: Vec<u8> = Vec::with_capacity(CHUNK_BYTES * 2);
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let block = input.fill_buf().map_err(|source| {
+            (
+                next_line,
+                ExportError::Read {
+                    source_name: source_name.to_owned(),
+                    line: next_line - 1,
+                    source,
+                }
+                .into(),
+            )
+        })?;
+        if block.is_empty() {
+            if !pending.is_empty() {
+                // A last line without a newline; a closed channel means a worker failed.
+                let _ = sender.send(Chunk {
+                    first_line: next_line,
+                    bytes: pending,
+                });
+            }
+            return Ok(());
+        }
+        pending.extend_from_slice(block);
+        let read = block.len();
+        input.consume(read);
+        if pending.len() < CHUNK_BYTES {
+            continue;
+        }
+        match pending.iter().rposition(|&byte| byte == b'\n') {
+            Some(end) => {
+                let rest = pending[end + 1..].to_vec();
+                pending.truncate(end + 1);
+                let lines = pending.iter().filter(|&&byte| byte == b'\n').count() as u64;
+                let chunk = Chunk {
+                    first_line: next_line,
+                    bytes: std::mem::replace(&mut pending, rest),
+                };
+                next_line += lines;
+                if sender.send(chunk).is_err() {
+                    return Ok(());
+                }
+            }
+            None if pending.len() > MAX_LINE_BYTES => {
+                return Err((
+                    next_line,
+                    export::line_too_long(source_name, next_line).into(),
+                ));
+            }
+            None => {}
+        }
+    }
+}
+
+/// One worker: parses and classifies the lines of the chunks it receives.
+fn work(
+    source_name: &str,
+    receiver: &Mutex<Receiver<Chunk>>,
+    table: &LegacyTable,
+    context: &JoinContext<'_>,
+    stop: &AtomicBool,
+) -> Result<Joined, LineError> {
+    let mut joined = Joined::new();
+    let mut taken = TakenUser::default();
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(joined);
+        }
+        let chunk = receiver
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .recv();
+        let Ok(chunk) = chunk else {
+            return Ok(joined);
+        };
+        let before = joined.summary.auth0_users;
+        let result = chunk
+            .bytes
+            .split_inclusive(|&byte| byte == b'\n')
+            .zip(chunk.first_line..)
+            .try_for_each(|(line, number)| {
+                joined.join_line(source_name, number, line, table, context, &mut taken)
+            });
+        context
+            .counters
+            .auth0_users
+            .fetch_add(joined.summary.auth0_users - before, Ordering::Relaxed);
+        if let Err(error) = result {
+            stop.store(true, Ordering::Relaxed);
+            return Err(error);
+        }
+    }
 }
 
 impl Joined {
     pub fn new() -> Joined {
-        Joined {
-            summary: Summary::default(),
-            users: Vec::new(),
-            planned: Vec::new(),
-            baseline_changes: BaselineWrites::default(),
-            migrated_users: 0,
-        }
+        Joined::default()
     }
 
-    /// Classifies a user present on both sides, collects its baselines and plans its push.
+    fn merge(&mut self, other: &mut Joined) {
+        self.summary.merge(&other.summary);
+        self.users.append(&mut other.users);
+        self.planned.append(&mut other.planned);
+        self.baseline_changes.append(&mut other.baseline_changes);
+        self.migrated_users += other.migrated_users;
+    }
+
+    fn join_line(
+        &mut self,
+        source_name: &str,
+        number: u64,
+        line: &[u8],
+        table: &LegacyTable,
+        context: &JoinContext<'_>,
+        taken: &mut TakenUser,
+    ) -> Result<(), LineError> {
+        let line_error = |message: String| {
+            (
+                number,
+                ReconcileError::from(ExportError::Line {
+                    source_name: source_name.to_owned(),
+                    line: number,
+                    message,
+                }),
+            )
+        };
+        if line.len() > MAX_LINE_BYTES {
+            return Err((number, export::line_too_long(source_name, number).into()));
+        }
+        let user = match export::parse_line(line, context.filter).map_err(line_error)? {
+            Interpreted::User(user) => user,
+            Interpreted::OtherConnection | Interpreted::NotDatabaseUser | Interpreted::Blank => {
+                return Ok(());
+            }
+        };
+        self.summary.auth0_users += 1;
+        if user.migrated {
+            self.migrated_users += 1;
+        }
+        match table.take(user.legacy_id, taken) {
+            Taken::Legacy => {
+                let new_set =
+                    self.match_user(context, &taken.legacy(), Some(taken.baselines()), &user);
+                if let Some(entries) = new_set {
+                    table.set_new_baselines(user.legacy_id, &baseline::pack(&entries));
+                }
+            }
+            Taken::Missing => self.unmatched(context, &user),
+            Taken::AlreadySeen => {
+                return Err((
+                    number,
+                    ReconcileError::DuplicateAuth0User {
+                        line: number,
+                        user_id: user.auth0_id.to_owned(),
+                    },
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// An Auth0 profile without a legacy row.
+    pub fn unmatched(&mut self, context: &JoinContext<'_>, user: &Auth0User<'_>) {
+        let verdict = classify::classify(context.fields, None, Some(user), None);
+        let plan = (verdict.status == Status::Orphaned && context.orphans == OrphanAction::Block)
+            .then(|| block_plan(&user.profile));
+        self.record(user.auth0_id, user.legacy_id, verdict, plan, Vec::new());
+    }
+
+    /// Classifies a user present on both sides and plans its push; returns the user's new
+    /// baseline set when it changed and no push is planned (a planned user's set travels with
+    /// its plan, to be written after the push).
+    #[must_use]
     pub fn match_user(
         &mut self,
         context: &JoinContext<'_>,
         legacy: &LegacyView<'_>,
+        stored: Option<PackedBaselines<'_>>,
         user: &Auth0User<'_>,
-    ) {
-        let stored = context.baselines.get(user.legacy_id);
-        let stored = stored.as_deref();
-        let verdict = classify::classify(context.fields, Some(legacy), Some(user), stored);
-        collect_baselines(
-            &mut self.baseline_changes,
-            user.legacy_id,
-            &verdict.keys,
-            stored,
-            context.fields,
-        );
+    ) -> Option<Vec<(String, i64)>> {
+        let stored = stored.unwrap_or_default();
+        let verdict = classify::classify(context.fields, Some(legacy), Some(user), Some(stored));
         let plan = (verdict.status == Status::Stranded).then(|| {
             let changed: Vec<&KeyValues> = verdict
                 .legacy_changed
@@ -143,7 +355,16 @@ impl Joined {
                 .collect();
             plan::plan_user(&changed, &legacy.profile, &user.profile, context.policy)
         });
-        self.record(user.auth0_id, user.legacy_id, verdict, plan);
+        let planned = plan.as_ref().is_some_and(|plan| !plan.bodies.is_empty());
+        let new_set = new_baselines(&verdict.keys, stored, context.fields);
+        if planned {
+            let set = new_set.unwrap_or_else(|| stored.entries());
+            self.record(user.auth0_id, user.legacy_id, verdict, plan, set);
+            None
+        } else {
+            self.record(user.auth0_id, user.legacy_id, verdict, plan, Vec::new());
+            new_set
+        }
     }
 
     pub fn record(
@@ -152,6 +373,7 @@ impl Joined {
         legacy_id: &str,
         verdict: Verdict,
         plan: Option<UserPlan>,
+        baselines: Vec<(String, i64)>,
     ) {
         self.summary.count(verdict.status);
         if matches!(verdict.status, Status::InSync | Status::NotMigrated) {
@@ -192,6 +414,7 @@ impl Joined {
                 auth0_id: auth0_id.to_owned(),
                 legacy_id: legacy_id.to_owned(),
                 plan,
+                baselines,
             });
         }
     }
@@ -218,21 +441,23 @@ fn block_plan(auth0: &Profile<'_>) -> UserPlan {
     }
 }
 
-/// Computes the user's new baseline set: agreeing keys take the agreed value, differing keys
-/// keep what is stored, metadata keys that neither side has any more are forgotten. Only a set
-/// that changed is recorded.
-fn collect_baselines(
-    changes: &mut BaselineWrites,
-    legacy_id: &str,
+/// The user's new baseline set, or `None` when the stored one stands: agreeing keys take the
+/// agreed value, differing keys keep what is stored, metadata keys that neither side has any
+/// more are forgotten.
+fn new_baselines(
     keys: &[KeyValues],
-    stored: Option<&[(String, i64)]>,
+    stored: PackedBaselines<'_>,
     fields: &[Field],
-) {
-    let stored = stored.unwrap_or_default();
+) -> Option<Vec<(String, i64)>> {
     if unchanged(keys, stored, fields) {
-        return;
+        return None;
     }
-    let mut entries: Vec<(String, i64)> = stored.to_vec();
+    let before = {
+        let mut entries = stored.entries();
+        entries.sort_unstable();
+        entries
+    };
+    let mut entries = before.clone();
     for key in keys.iter().filter(|key| !key.differs()) {
         let position = entries.iter().position(|(name, _)| *name == key.key);
         if key.legacy == baseline::no_value() && key.key.contains('.') {
@@ -255,50 +480,44 @@ fn collect_baselines(
         _ => true,
     });
     entries.sort_unstable();
-    let mut before = stored.to_vec();
-    before.sort_unstable();
-    if entries != before {
-        changes.insert(legacy_id.into(), state::pack(&entries));
-    }
+    (entries != before).then_some(entries)
 }
 
 /// Whether the stored set already holds every agreeing key with its value and nothing to
 /// forget: the common case of every run after the first, checked without allocating.
-fn unchanged(keys: &[KeyValues], stored: &[(String, i64)], fields: &[Field]) -> bool {
+fn unchanged(keys: &[KeyValues], stored: PackedBaselines<'_>, fields: &[Field]) -> bool {
     let agreed_match = keys.iter().filter(|key| !key.differs()).all(|key| {
-        let found = stored.iter().find(|(name, _)| *name == key.key);
+        let found = stored.find(&key.key);
         if key.legacy == baseline::no_value() && key.key.contains('.') {
             found.is_none()
         } else {
-            found.is_some_and(|(_, hash)| *hash == key.legacy)
+            found == Some(key.legacy)
         }
     });
-    let nothing_stale = stored.iter().all(|(name, _)| match name.split_once('.') {
-        Some((field, _)) if fields.iter().any(|f| f.name() == field) => {
-            keys.iter().any(|key| key.key == *name)
+    let nothing_stale = stored.iter().all(|(stored_key, _)| match stored_key {
+        baseline::StoredKey::Metadata(field, _) if fields.contains(&field) => {
+            keys.iter().any(|key| stored_key.is(&key.key))
         }
         _ => true,
     });
     agreed_match && nothing_stale
 }
 
-/// Sets the baselines of pushed keys for a user, on top of this run's other changes.
-pub fn record_pushed(
-    changes: &mut BaselineWrites,
-    stored: &Baselines,
-    legacy_id: &str,
-    pushed: &[(String, i64)],
-) {
-    let mut entries = match changes.get(legacy_id) {
-        Some(packed) => state::unpack(packed),
-        None => stored.get(legacy_id).unwrap_or_default(),
-    };
-    for (key, hash) in pushed {
-        match entries.iter_mut().find(|(name, _)| name == key) {
+/// Adds the baselines of pushed keys to a planned user's set.
+pub fn record_pushed(planned: &mut Planned) {
+    for (key, hash) in &planned.plan.keys {
+        match planned.baselines.iter_mut().find(|(name, _)| name == key) {
             Some(entry) => entry.1 = *hash,
-            None => entries.push((key.clone(), *hash)),
+            None => planned.baselines.push((key.clone(), *hash)),
         }
     }
-    entries.sort_unstable();
-    changes.insert(legacy_id.into(), state::pack(&entries));
+}
+
+/// Moves the sets of planned users into the writes.
+pub fn planned_baselines(planned: &[Planned], writes: &mut BaselineWrites) {
+    for user in planned {
+        let mut entries = user.baselines.clone();
+        entries.sort_unstable();
+        writes.push(&user.legacy_id, &baseline::pack(&entries));
+    }
 }

@@ -6,6 +6,7 @@
 mod changes;
 mod join;
 mod progress;
+mod table;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -25,10 +26,11 @@ use crate::push::apply::{self, ApplyError, Outcome, PushTask, RecoverError};
 use crate::push::plan::{DEFAULT_MIGRATED_FIELDS, PushPolicy};
 use crate::push::{self, Refusal};
 use crate::report::{PushState, REPORT_VERSION, Report, RunInfo, Summary, UserEntry};
-use crate::state::{Baselines, StateError, StateStore};
+use crate::state::{StateError, StateStore};
 use crate::timestamp;
 use join::{BaselineWrites, JoinContext, Joined, LegacyTable};
 use progress::Counters;
+use table::{Inserted, TooLong};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -200,14 +202,48 @@ pub async fn run_kind(
     Ok(report)
 }
 
-fn write_baselines(store: &mut StateStore, changes: &BaselineWrites) -> Result<usize, StateError> {
-    // In key order, SQLite appends to its B-tree instead of splitting pages all over it.
-    let mut sorted: Vec<(&str, &[u8])> = changes
+/// Writes this run's baseline changes: the collected ones, the sets of planned users, and the
+/// new sets left in a full run's table — merged in id order, so that SQLite appends to its
+/// B-tree instead of splitting pages all over it.
+fn write_baselines(
+    store: &mut StateStore,
+    changes: &mut BaselineWrites,
+    planned: &[join::Planned],
+    table_sets: Vec<table::Entry>,
+) -> Result<usize, StateError> {
+    join::planned_baselines(planned, changes);
+    // Sorted by (first eight bytes of the id, index): the keys stay in cache, and only ids
+    // whose first eight bytes tie are compared as strings.
+    let mut order: Vec<(u64, u32)> = table_sets
         .iter()
-        .map(|(user, packed)| (&**user, &**packed))
+        .enumerate()
+        .map(|(index, entry)| (entry.sort_prefix(), index as u32))
         .collect();
-    sorted.sort_unstable_by_key(|(user, _)| *user);
-    store.write_baselines(sorted)
+    order.sort_unstable_by(|(a, i), (b, j)| {
+        a.cmp(b).then_with(|| {
+            table_sets[*i as usize]
+                .id()
+                .cmp(table_sets[*j as usize].id())
+        })
+    });
+    let from_table = order.iter().map(|&(_, index)| {
+        let entry = &table_sets[index as usize];
+        (entry.id(), entry.new_baselines().unwrap_or_default())
+    });
+    store.write_baselines(merge_sorted(changes.sorted(), from_table))
+}
+
+/// Merges two iterators sorted by id (the two never hold the same user).
+fn merge_sorted<'a>(
+    a: impl Iterator<Item = (&'a str, &'a [u8])>,
+    b: impl Iterator<Item = (&'a str, &'a [u8])>,
+) -> impl Iterator<Item = (&'a str, &'a [u8])> {
+    let (mut a, mut b) = (a.peekable(), b.peekable());
+    std::iter::from_fn(move || match (a.peek(), b.peek()) {
+        (Some(x), Some(y)) if y.0 < x.0 => b.next(),
+        (Some(_), _) => a.next(),
+        (None, _) => b.next(),
+    })
 }
 
 fn with_store<T>(
@@ -256,30 +292,36 @@ async fn run_recorded(
     // an export job takes Auth0 a while, so neither side waits for the other.
     let auth0_side =
         prepare_auth0_side(config, client.as_deref(), &source, &fields, &options.export);
-    let mut table = LegacyTable::default();
+    let table = Arc::new(LegacyTable::default());
+    let mut legacy_users = 0u64;
     let legacy_side = legacy::stream(&mut db, &config.legacy.query, &fields, |_, row| {
         counters
             .legacy_rows
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        match table.entry(row.user_id.into()) {
-            std::collections::hash_map::Entry::Occupied(_) => Err(LegacyError::DuplicateUserId {
-                row: row.number,
-                user_id: row.user_id.to_owned(),
-            }),
-            std::collections::hash_map::Entry::Vacant(slot) => {
-                slot.insert(Some(row.record));
+        let duplicate = || LegacyError::DuplicateUserId {
+            row: row.number,
+            user_id: row.user_id.to_owned(),
+        };
+        match table.insert(row.user_id, row.record.as_bytes()) {
+            Ok(Inserted::New) => {
+                legacy_users += 1;
                 Ok(())
             }
+            Ok(Inserted::Duplicate) => Err(duplicate()),
+            Err(TooLong) => Err(LegacyError::ValueTooLong {
+                row: row.number,
+                user_id: row.user_id.chars().take(64).collect(),
+            }),
         }
     });
     let (legacy_result, auth0_result) = tokio::join!(legacy_side, auth0_side);
     legacy_result?;
     let side = auth0_result?;
     drop(db);
-    let legacy_users = table.len() as u64;
     tracing::info!(
         legacy_users,
         elapsed_ms = clock.elapsed().as_millis() as u64,
+        rss_mib = progress::rss_mib(),
         "read the legacy rows"
     );
     if options.stop.is_cancelled() {
@@ -291,8 +333,17 @@ async fn run_recorded(
         .import_mode
         .unwrap_or(side.migrated != MigratedRule::Never);
     let policy = push_policy(config, import_mode, &fields);
-    let baselines = Arc::new(with_store(store, |store| store.baselines())?);
-    let join_baselines = baselines.clone();
+    // Stored baselines join their legacy users in the table: nothing is kept for users
+    // without a legacy row, and nothing is looked up twice.
+    with_store(store, |store| {
+        store.for_each_baseline(|user_id, packed| table.attach_baselines(user_id, packed))
+    })?;
+    tracing::info!(
+        elapsed_ms = clock.elapsed().as_millis() as u64,
+        rss_mib = progress::rss_mib(),
+        "attached the stored baselines"
+    );
+    let join_table = table.clone();
     let filter = ExportFilter {
         connection: config.auth0.connection.clone(),
         migrated: side.migrated,
@@ -331,20 +382,22 @@ async fn run_recorded(
         let context = JoinContext {
             fields: &fields,
             filter: &filter,
-            baselines: &join_baselines,
             policy: &policy,
             orphans,
             counters: &join_counters,
         };
-        join::join(&name, input, table, &context)
+        join::join(&name, input, &join_table, &context)
     })
     .await
     .map_err(|error| ReconcileError::Worker(error.to_string()))??;
     drop(ticker);
+    let table = Arc::try_unwrap(table)
+        .map_err(|_| ReconcileError::Worker("the legacy table is still in use".into()))?;
+    let table_sets = table.into_new_baselines();
     let Joined {
         mut summary,
         mut users,
-        planned,
+        mut planned,
         mut baseline_changes,
         migrated_users,
     } = joined;
@@ -357,9 +410,11 @@ async fn run_recorded(
         reported = users.len(),
         planned = planned.len(),
         elapsed_ms = clock.elapsed().as_millis() as u64,
+        rss_mib = progress::rss_mib(),
         "classified every user"
     );
 
+    let mut interrupted = None;
     if push && !planned.is_empty() {
         let limit = options
             .max_push_fraction
@@ -372,22 +427,25 @@ async fn run_recorded(
             store,
             run_id: &run.id,
             options,
-            baselines: &baselines,
             limit,
         };
-        phase
-            .run(
-                &mut users,
-                &mut summary,
-                &planned,
-                migrated_users,
-                &mut baseline_changes,
-            )
+        interrupted = phase
+            .run(&mut users, &mut summary, &mut planned, migrated_users)
             .await?;
     }
 
-    let changed = with_store(store, |store| write_baselines(store, &baseline_changes))?;
-    tracing::info!(baselines_changed = changed, "updated the baselines");
+    let changed = with_store(store, |store| {
+        write_baselines(store, &mut baseline_changes, &planned, table_sets)
+    })?;
+    if let Some(interrupted) = interrupted {
+        return Err(interrupted);
+    }
+    tracing::info!(
+        baselines_changed = changed,
+        elapsed_ms = clock.elapsed().as_millis() as u64,
+        rss_mib = progress::rss_mib(),
+        "updated the baselines"
+    );
     if let Some(client) = &client {
         let stats = client.stats();
         tracing::info!(
@@ -407,14 +465,13 @@ async fn run_recorded(
 }
 
 /// The push step of a run: the fraction guard, then the journaled apply; outcomes go into the
-/// report entries, and the baselines of applied keys into `baseline_changes`.
+/// report entries, and the baselines of applied keys into the plans' sets. Returns the
+/// `Interrupted` error to raise once the baselines are written, when a signal stopped it.
 struct PushPhase<'a> {
     client: &'a Arc<Auth0Client>,
     store: &'a Arc<Mutex<StateStore>>,
     run_id: &'a str,
     options: &'a RunOptions,
-    /// The stored baselines, under this run's changes.
-    baselines: &'a Baselines,
     /// `max_push_fraction` for this run.
     limit: f64,
 }
@@ -424,31 +481,31 @@ impl PushPhase<'_> {
         &self,
         users: &mut [UserEntry],
         summary: &mut Summary,
-        planned: &[join::Planned],
+        planned: &mut [join::Planned],
         migrated_users: u64,
-        baseline_changes: &mut BaselineWrites,
-    ) -> Result<(), ReconcileError> {
-        // Users are sorted by id now: find each plan's report entry once.
-        let by_index: std::collections::HashMap<usize, &join::Planned> = planned
+    ) -> Result<Option<ReconcileError>, ReconcileError> {
+        // Users are sorted by id now: find each plan's report entry once (entry → plan).
+        let by_index: std::collections::HashMap<usize, usize> = planned
             .iter()
-            .filter_map(|planned| {
+            .enumerate()
+            .filter_map(|(plan_index, planned)| {
                 let index = users
                     .binary_search_by(|user| user.user_id.as_str().cmp(&planned.auth0_id))
                     .ok()?;
-                Some((index, planned))
+                Some((index, plan_index))
             })
             .collect();
         if let Err(refusal) = push::check_fraction(planned.len() as u64, migrated_users, self.limit)
         {
             refuse(users, by_index.keys().copied(), &refusal);
-            return Ok(());
+            return Ok(None);
         }
         let tasks: Vec<PushTask> = by_index
             .iter()
-            .map(|(&index, planned)| PushTask {
+            .map(|(&index, &plan_index)| PushTask {
                 index,
-                auth0_id: planned.auth0_id.clone(),
-                bodies: planned.plan.bodies.clone(),
+                auth0_id: planned[plan_index].auth0_id.clone(),
+                bodies: planned[plan_index].plan.bodies.clone(),
             })
             .collect();
         let started = Instant::now();
@@ -470,13 +527,8 @@ impl PushPhase<'_> {
                     user.needs_action = false;
                     summary.pushed += 1;
                     applied += 1;
-                    if let Some(planned) = by_index.get(&index) {
-                        join::record_pushed(
-                            baseline_changes,
-                            self.baselines,
-                            &planned.legacy_id,
-                            &planned.plan.keys,
-                        );
+                    if let Some(&plan_index) = by_index.get(&index) {
+                        join::record_pushed(&mut planned[plan_index]);
                     }
                 }
                 Outcome::Failed(error) => {
@@ -502,11 +554,11 @@ impl PushPhase<'_> {
             users_per_second = format!("{:.2}", applied as f64 / seconds.max(1e-9)),
             "push finished"
         );
-        if self.options.stop.is_cancelled() {
-            with_store(self.store, |store| write_baselines(store, baseline_changes))?;
-            return Err(ReconcileError::Interrupted { applied, not_sent });
-        }
-        Ok(())
+        Ok(self
+            .options
+            .stop
+            .is_cancelled()
+            .then_some(ReconcileError::Interrupted { applied, not_sent }))
     }
 }
 

@@ -48,3 +48,11 @@ impl Drop for Ticker {
         }
     }
 }
+
+/// The process's resident memory in MiB (Linux; 0 elsewhere), for the phase logs.
+pub fn rss_mib() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|statm| statm.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096 / (1024 * 1024))
+}
