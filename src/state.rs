@@ -184,6 +184,9 @@ fn pack_v2(entries: &[(String, i64)]) -> Vec<u8> {
     packed
 }
 
+/// Rows per multi-row statement when writing baselines.
+const UPSERT_BATCH: usize = 64;
+
 /// Decodes a version-2 set: per pair a little-endian u16 key length, the key, 8 bytes of hash.
 fn unpack_v2(mut packed: &[u8]) -> Vec<(String, i64)> {
     let mut entries = Vec::new();
@@ -455,22 +458,42 @@ impl StateStore {
         let transaction = self.connection.transaction().map_err(error)?;
         let mut changed = 0;
         {
+            // Rows go in groups of UPSERT_BATCH per statement: a first run writes a row per
+            // user, and one statement per row would spend most of its time in the statement.
+            let values = vec!["(?, ?)"; UPSERT_BATCH].join(", ");
+            let mut batch_upsert = transaction
+                .prepare(&format!(
+                    "INSERT OR REPLACE INTO user_baselines (user_id, packed) VALUES {values}"
+                ))
+                .map_err(error)?;
             let mut upsert = transaction
                 .prepare_cached(
-                    "INSERT INTO user_baselines (user_id, packed) VALUES (?1, ?2)
-                     ON CONFLICT (user_id) DO UPDATE SET packed = excluded.packed",
+                    "INSERT OR REPLACE INTO user_baselines (user_id, packed) VALUES (?1, ?2)",
                 )
                 .map_err(error)?;
             let mut delete = transaction
                 .prepare_cached("DELETE FROM user_baselines WHERE user_id = ?1")
                 .map_err(error)?;
+            let mut pending: Vec<(&str, &[u8])> = Vec::with_capacity(UPSERT_BATCH);
             for (user_id, packed) in writes {
-                changed += if packed.is_empty() {
-                    delete.execute(params![user_id])
-                } else {
-                    upsert.execute(params![user_id, packed])
+                if packed.is_empty() {
+                    changed += delete.execute(params![user_id]).map_err(error)?;
+                    continue;
                 }
-                .map_err(error)?;
+                pending.push((user_id, packed));
+                if pending.len() == UPSERT_BATCH {
+                    for (index, (user_id, packed)) in pending.drain(..).enumerate() {
+                        batch_upsert
+                            .raw_bind_parameter(2 * index + 1, user_id)
+                            .and_then(|()| batch_upsert.raw_bind_parameter(2 * index + 2, packed))
+                            .map_err(error)?;
+                    }
+                    batch_upsert.raw_execute().map_err(error)?;
+                    changed += UPSERT_BATCH;
+                }
+            }
+            for (user_id, packed) in pending {
+                changed += upsert.execute(params![user_id, packed]).map_err(error)?;
             }
         }
         transaction.commit().map_err(error)?;
