@@ -173,6 +173,7 @@ pub fn read_ahead(mut input: Box<dyn BufRead + Send>) -> Box<dyn BufRead + Send>
     let (sender, receiver) =
         std::sync::mpsc::sync_channel::<std::io::Result<Vec<u8>>>(READ_AHEAD_BLOCKS);
     std::thread::spawn(move || {
+        crate::reconcile::yield_to_legacy_side();
         loop {
             let mut block = vec![0; READ_AHEAD_BLOCK_BYTES];
             let result = input.read(&mut block).map(|read| {

@@ -5,12 +5,15 @@
 //!
 //! The export is cut into chunks of whole lines on the reading thread and parsed and classified
 //! by [`WORKERS`] threads; decompression runs on a thread of its own before that
-//! ([`crate::export::read_ahead`]). A malformed line stops every thread; the error reported is
-//! the one with the lowest line number.
+//! ([`crate::export::read_ahead`]). All of it runs while the legacy rows are still arriving: a
+//! profile whose legacy row is not in yet is parked and joined once they all are (parked lines
+//! are held up to [`PARK_LIMIT_BYTES`]; beyond that the workers wait for the legacy side).
+//! A malformed line stops every thread; the error reported is the one with the lowest line
+//! number.
 
 use std::io::BufRead;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 
 use crate::baseline::{self, KeyValues, PackedBaselines};
@@ -33,6 +36,39 @@ pub const WORKERS: usize = 2;
 /// Bytes of whole lines handed to a worker at a time.
 const CHUNK_BYTES: usize = 256 * 1024;
 
+/// Parked lines kept at most, in bytes; beyond, the workers wait for the legacy side.
+pub const PARK_LIMIT_BYTES: usize = 64 << 20;
+
+/// Whether the legacy side has finished streaming into the table, and how.
+#[derive(Debug, Default)]
+pub struct LegacyProgress {
+    done: AtomicBool,
+    failed: AtomicBool,
+    parked_bytes: AtomicUsize,
+}
+
+impl LegacyProgress {
+    /// Called once the legacy read has ended, successfully or not.
+    pub fn finish(&self, succeeded: bool) {
+        if !succeeded {
+            self.failed.store(true, Ordering::SeqCst);
+        }
+        self.done.store(true, Ordering::SeqCst);
+    }
+
+    fn is_done(&self) -> bool {
+        self.done.load(Ordering::SeqCst)
+    }
+
+    /// Waits for the end of the legacy read; false when it failed (its error is reported by
+    /// the caller, so the join only stops).
+    fn wait(&self) -> bool {
+        while !self.is_done() {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        !self.failed.load(Ordering::SeqCst)
+    }
+}
 /// What the join needs besides the two sides.
 pub struct JoinContext<'a> {
     pub fields: &'a [Field],
@@ -101,6 +137,15 @@ pub struct Joined {
     /// them: their sets travel with the plan.
     pub baseline_changes: BaselineWrites,
     pub migrated_users: u64,
+    /// Lines whose legacy row was not in yet, with their numbers.
+    parked: Vec<(u64, Box<[u8]>)>,
+}
+
+/// Where a line is joined: while the legacy rows still arrive, or again once they are all in.
+#[derive(Clone, Copy)]
+enum Phase<'a> {
+    Streaming(&'a LegacyProgress),
+    Rejoin,
 }
 
 /// A chunk of whole lines and the number of its first line.
@@ -118,13 +163,19 @@ pub fn join(
     input: impl BufRead,
     table: &LegacyTable,
     context: &JoinContext<'_>,
+    legacy: &LegacyProgress,
 ) -> Result<Joined, ReconcileError> {
     let stop = AtomicBool::new(false);
     let (sender, receiver) = std::sync::mpsc::sync_channel::<Chunk>(WORKERS * 2);
     let receiver = Mutex::new(receiver);
     let (produced, results) = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..WORKERS)
-            .map(|_| scope.spawn(|| work(source_name, &receiver, table, context, &stop)))
+            .map(|_| {
+                scope.spawn(|| {
+                    yield_to_legacy_side();
+                    work(source_name, &receiver, table, context, legacy, &stop)
+                })
+            })
             .collect();
         let produced = produce(source_name, input, &sender, &stop);
         drop(sender);
@@ -132,7 +183,71 @@ pub fn join(
         (produced, results)
     });
     let mut joined = Joined::new();
-    let mut first_error: Option<LineError> = produced.err();
+    gather(&mut joined, results, produced.err())?;
+    if !legacy.wait() {
+        return Err(ReconcileError::Worker(
+            "the legacy read failed while the export was joined".into(),
+        ));
+    }
+    // Every legacy row is in: the parked lines find theirs now, or have none.
+    let mut parked = std::mem::take(&mut joined.parked);
+    tracing::info!(
+        parked = parked.len(),
+        parked_bytes = legacy.parked_bytes.load(Ordering::Relaxed),
+        "profiles that came before their legacy rows"
+    );
+    parked.sort_unstable_by_key(|(number, _)| *number);
+    let share = parked.len().div_ceil(WORKERS).max(1);
+    let results: Vec<_> = std::thread::scope(|scope| {
+        let workers: Vec<_> = parked
+            .chunks(share)
+            .map(|lines| {
+                scope.spawn(move || {
+                    let mut part = Joined::new();
+                    let mut taken = TakenUser::default();
+                    for (number, line) in lines {
+                        let phase = Phase::Rejoin;
+                        part.join_line(
+                            source_name,
+                            *number,
+                            line,
+                            table,
+                            context,
+                            &mut taken,
+                            phase,
+                        )?;
+                    }
+                    Ok::<_, LineError>(part)
+                })
+            })
+            .collect();
+        workers.into_iter().map(|worker| worker.join()).collect()
+    });
+    gather(&mut joined, results, None)?;
+    // Legacy users without an Auth0 profile: not migrated, counted only.
+    joined.summary.not_migrated += table.remaining();
+    Ok(joined)
+}
+
+/// Lowers the calling thread's scheduling priority, so that while the legacy rows still stream
+/// (on threads at normal priority, with PostgreSQL's own process), the export side only takes
+/// the CPU they leave idle instead of outrunning them and parking lines. On Linux the nice
+/// value is per thread.
+pub fn yield_to_legacy_side() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority takes plain integers and changes nothing but the calling thread's
+    // nice value; a failure leaves it as it was, which is harmless.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, 10);
+    }
+}
+
+/// Merges the workers' parts into `joined`; the error with the lowest line number wins.
+fn gather(
+    joined: &mut Joined,
+    results: Vec<std::thread::Result<Result<Joined, LineError>>>,
+    mut first_error: Option<LineError>,
+) -> Result<(), ReconcileError> {
     for result in results {
         match result {
             Ok(Ok(mut part)) => joined.merge(&mut part),
@@ -149,9 +264,7 @@ pub fn join(
     if let Some((_, error)) = first_error {
         return Err(error);
     }
-    // Legacy users without an Auth0 profile: not migrated, counted only.
-    joined.summary.not_migrated += table.remaining();
-    Ok(joined)
+    Ok(())
 }
 
 /// Cuts the input into chunks of whole lines for the workers.
@@ -225,6 +338,7 @@ fn work(
     receiver: &Mutex<Receiver<Chunk>>,
     table: &LegacyTable,
     context: &JoinContext<'_>,
+    legacy: &LegacyProgress,
     stop: &AtomicBool,
 ) -> Result<Joined, LineError> {
     let mut joined = Joined::new();
@@ -246,7 +360,15 @@ fn work(
             .split_inclusive(|&byte| byte == b'\n')
             .zip(chunk.first_line..)
             .try_for_each(|(line, number)| {
-                joined.join_line(source_name, number, line, table, context, &mut taken)
+                joined.join_line(
+                    source_name,
+                    number,
+                    line,
+                    table,
+                    context,
+                    &mut taken,
+                    Phase::Streaming(legacy),
+                )
             });
         context
             .counters
@@ -270,6 +392,7 @@ impl Joined {
         self.planned.append(&mut other.planned);
         self.baseline_changes.append(&mut other.baseline_changes);
         self.migrated_users += other.migrated_users;
+        self.parked.append(&mut other.parked);
     }
 
     fn join_line(
@@ -280,6 +403,7 @@ impl Joined {
         table: &LegacyTable,
         context: &JoinContext<'_>,
         taken: &mut TakenUser,
+        phase: Phase<'_>,
     ) -> Result<(), LineError> {
         let line_error = |message: String| {
             (
@@ -300,11 +424,30 @@ impl Joined {
                 return Ok(());
             }
         };
+        let (legacy_done, rejoin) = match phase {
+            Phase::Streaming(legacy) => {
+                if legacy.parked_bytes.load(Ordering::Relaxed) > PARK_LIMIT_BYTES {
+                    // Enough held aside: from here on every profile waits for its row.
+                    legacy.wait();
+                }
+                (legacy.is_done(), false)
+            }
+            Phase::Rejoin => (true, true),
+        };
+        let taken_as = table.take(user.legacy_id, taken, legacy_done, rejoin);
+        if let Taken::Parked = taken_as {
+            if let Phase::Streaming(legacy) = phase {
+                legacy.parked_bytes.fetch_add(line.len(), Ordering::Relaxed);
+            }
+            self.parked.push((number, line.into()));
+            return Ok(());
+        }
         self.summary.auth0_users += 1;
         if user.migrated {
             self.migrated_users += 1;
         }
-        match table.take(user.legacy_id, taken) {
+        match taken_as {
+            Taken::Parked => {}
             Taken::Legacy => {
                 let new_set =
                     self.match_user(context, &taken.legacy(), Some(taken.baselines()), &user);

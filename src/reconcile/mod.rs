@@ -28,6 +28,7 @@ use crate::push::{self, Refusal};
 use crate::report::{PushState, REPORT_VERSION, Report, RunInfo, Summary, UserEntry};
 use crate::state::{StateError, StateStore};
 use crate::timestamp;
+pub use join::yield_to_legacy_side;
 use join::{BaselineWrites, JoinContext, Joined, LegacyTable};
 use progress::Counters;
 use table::{Inserted, TooLong};
@@ -288,108 +289,136 @@ async fn run_recorded(
         None => columns.fields(),
     };
 
-    // Auth0's side (connection, migration rule, export job) runs while the legacy rows stream:
-    // an export job takes Auth0 a while, so neither side waits for the other.
-    let auth0_side =
-        prepare_auth0_side(config, client.as_deref(), &source, &fields, &options.export);
+    // Stored baselines are at hand before the rows arrive, so that each user's set joins its
+    // record as the row is stored.
     let table = Arc::new(LegacyTable::default());
-    let mut legacy_users = 0u64;
-    let legacy_side = legacy::stream(&mut db, &config.legacy.query, &fields, |_, row| {
-        counters
-            .legacy_rows
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let duplicate = || LegacyError::DuplicateUserId {
-            row: row.number,
-            user_id: row.user_id.to_owned(),
-        };
-        match table.insert(row.user_id, row.record.as_bytes()) {
-            Ok(Inserted::New) => {
-                legacy_users += 1;
-                Ok(())
-            }
-            Ok(Inserted::Duplicate) => Err(duplicate()),
-            Err(TooLong) => Err(LegacyError::ValueTooLong {
-                row: row.number,
-                user_id: row.user_id.chars().take(64).collect(),
-            }),
-        }
-    });
-    let (legacy_result, auth0_result) = tokio::join!(legacy_side, auth0_side);
-    legacy_result?;
-    let side = auth0_result?;
-    drop(db);
-    tracing::info!(
-        legacy_users,
-        elapsed_ms = clock.elapsed().as_millis() as u64,
-        rss_mib = progress::rss_mib(),
-        "read the legacy rows"
-    );
-    if options.stop.is_cancelled() {
-        return Err(ReconcileError::Stopped);
-    }
-
-    // Without the API the connection is unknown: a rule that says "migrated" implies it.
-    let import_mode = side
-        .import_mode
-        .unwrap_or(side.migrated != MigratedRule::Never);
-    let policy = push_policy(config, import_mode, &fields);
-    // Stored baselines join their legacy users in the table: nothing is kept for users
-    // without a legacy row, and nothing is looked up twice.
     with_store(store, |store| {
-        store.for_each_baseline(|user_id, packed| table.attach_baselines(user_id, packed))
+        let mut read = Ok(());
+        table.load_stored(|each| {
+            read = store.for_each_baseline(|user_id, packed| each(user_id, packed))
+        });
+        read
     })?;
     tracing::info!(
         elapsed_ms = clock.elapsed().as_millis() as u64,
         rss_mib = progress::rss_mib(),
-        "attached the stored baselines"
+        "loaded the stored baselines"
     );
-    let join_table = table.clone();
-    let filter = ExportFilter {
-        connection: config.auth0.connection.clone(),
-        migrated: side.migrated,
-    };
-    let orphans = config.reconcile.orphans;
-    let download = match (&source, side.job, &client) {
-        (Source::Export, Some(job), Some(client)) => {
-            let name = format!("of export job {}", job.id);
-            Some((
-                name,
-                export_job::download(client.clone(), job, &options.export),
-            ))
-        }
-        _ => None,
-    };
-    let join_counters = counters.clone();
-    let joined = tokio::task::spawn_blocking(move || {
-        let (name, input) = match (source, download) {
-            (_, Some((name, stream))) => {
-                let reader =
-                    tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
-                let buffered = std::io::BufReader::with_capacity(256 * 1024, reader);
-                let input =
-                    export::decompressing(buffered).map_err(|source| ExportError::Read {
-                        source_name: name.clone(),
-                        line: 0,
-                        source,
-                    })?;
-                (name, export::read_ahead(input))
+
+    // Three things run at once: the legacy rows stream into the table; Auth0's side is
+    // prepared (connection, migration rule, export job: a job takes Auth0 a while); and as soon
+    // as it is, the export streams past the table on worker threads. A profile whose row has
+    // not arrived yet is parked until every row is in.
+    let legacy_progress = Arc::new(join::LegacyProgress::default());
+    let legacy_side = async {
+        let mut legacy_users = 0u64;
+        let result = legacy::stream(&mut db, &config.legacy.query, &fields, |_, row| {
+            counters
+                .legacy_rows
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            match table.insert(row.user_id, row.record.as_bytes()) {
+                Ok(Inserted::New) => {
+                    legacy_users += 1;
+                    Ok(())
+                }
+                Ok(Inserted::Duplicate) => Err(LegacyError::DuplicateUserId {
+                    row: row.number,
+                    user_id: row.user_id.to_owned(),
+                }),
+                Err(TooLong) => Err(LegacyError::ValueTooLong {
+                    row: row.number,
+                    user_id: row.user_id.chars().take(64).collect(),
+                }),
             }
-            (Source::File(path), None) => (path.display().to_string(), export::open_file(&path)?),
-            (Source::Export, None) => {
-                return Err(ReconcileError::Worker("the export job vanished".into()));
+        })
+        .await;
+        legacy_progress.finish(result.is_ok());
+        table.forget_stored();
+        tracing::info!(
+            legacy_users,
+            elapsed_ms = clock.elapsed().as_millis() as u64,
+            rss_mib = progress::rss_mib(),
+            "read the legacy rows"
+        );
+        result.map(|_| legacy_users)
+    };
+    let join_side = async {
+        let side = prepare_auth0_side(config, client.as_deref(), &source, &fields, &options.export)
+            .await?;
+        // Without the API the connection is unknown: a rule that says "migrated" implies it.
+        let import_mode = side
+            .import_mode
+            .unwrap_or(side.migrated != MigratedRule::Never);
+        let policy = push_policy(config, import_mode, &fields);
+        let filter = ExportFilter {
+            connection: config.auth0.connection.clone(),
+            migrated: side.migrated,
+        };
+        let orphans = config.reconcile.orphans;
+        let download = match (&source, side.job, &client) {
+            (Source::Export, Some(job), Some(client)) => {
+                let name = format!("of export job {}", job.id);
+                Some((
+                    name,
+                    export_job::download(client.clone(), job, &options.export),
+                ))
             }
+            _ => None,
         };
-        let context = JoinContext {
-            fields: &fields,
-            filter: &filter,
-            policy: &policy,
-            orphans,
-            counters: &join_counters,
+        let source = match &source {
+            Source::File(path) => Source::File(path.clone()),
+            Source::Export => Source::Export,
         };
-        join::join(&name, input, &join_table, &context)
-    })
-    .await
-    .map_err(|error| ReconcileError::Worker(error.to_string()))??;
+        let fields = fields.clone();
+        let join_counters = counters.clone();
+        let join_table = table.clone();
+        let join_progress = legacy_progress.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            // This thread cuts the export into chunks; it shares the workers' priority.
+            yield_to_legacy_side();
+            let (name, input) = match (source, download) {
+                (_, Some((name, stream))) => {
+                    let reader = tokio_util::io::SyncIoBridge::new(
+                        tokio_util::io::StreamReader::new(stream),
+                    );
+                    let buffered = std::io::BufReader::with_capacity(256 * 1024, reader);
+                    let input =
+                        export::decompressing(buffered).map_err(|source| ExportError::Read {
+                            source_name: name.clone(),
+                            line: 0,
+                            source,
+                        })?;
+                    (name, export::read_ahead(input))
+                }
+                (Source::File(path), None) => {
+                    (path.display().to_string(), export::open_file(&path)?)
+                }
+                (Source::Export, None) => {
+                    return Err(ReconcileError::Worker("the export job vanished".into()));
+                }
+            };
+            let context = JoinContext {
+                fields: &fields,
+                filter: &filter,
+                policy: &policy,
+                orphans,
+                counters: &join_counters,
+            };
+            join::join(&name, input, &join_table, &context, &join_progress)
+        })
+        .await
+        .map_err(|error| ReconcileError::Worker(error.to_string()))?;
+        Ok::<_, ReconcileError>((import_mode, joined))
+    };
+    let (legacy_result, join_result) = tokio::join!(legacy_side, join_side);
+    // The legacy side's error first: a join cut short by it says less.
+    let legacy_users = legacy_result?;
+    let (_import_mode, joined) = join_result?;
+    let joined = joined?;
+    drop(db);
+    if options.stop.is_cancelled() {
+        return Err(ReconcileError::Stopped);
+    }
     drop(ticker);
     let table = Arc::try_unwrap(table)
         .map_err(|_| ReconcileError::Worker("the legacy table is still in use".into()))?;
@@ -400,6 +429,7 @@ async fn run_recorded(
         mut planned,
         mut baseline_changes,
         migrated_users,
+        ..
     } = joined;
     summary.legacy_users = legacy_users;
     crate::metrics::rows_read("legacy", legacy_users);

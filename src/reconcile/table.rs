@@ -2,6 +2,11 @@
 //! holding its id, its packed legacy record and its stored baselines, in a hash table split
 //! into shards so that the join workers take users out of it concurrently.
 //!
+//! The join runs while the legacy rows are still arriving: an Auth0 profile whose legacy row
+//! has not arrived yet is *parked* (its line is kept aside and its id marked) and joined again
+//! once every legacy row is in. Stored baselines are loaded before the legacy read and each
+//! user's set joins its record in the same allocation as the row arrives.
+//!
 //! A user taken out is copied to the worker and its slot becomes a tombstone in place (no
 //! allocation, so freed records never fragment the heap): it keeps the id, so that a second
 //! Auth0 profile with the same id is caught, and later the user's new baseline set, which is
@@ -10,7 +15,7 @@
 //! baselines themselves.
 
 use std::hash::BuildHasher;
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 
 use hashbrown::HashTable;
 
@@ -30,6 +35,8 @@ const KIND_LEGACY: u8 = 0;
 const KIND_TOMBSTONE: u8 = 1;
 /// A tombstone whose "record" is the user's new baseline set (possibly empty: forget it).
 const KIND_NEW_BASELINES: u8 = 2;
+/// An Auth0 profile arrived before its legacy row (if any): its line waits aside.
+const KIND_PARKED: u8 = 3;
 
 impl Entry {
     fn new(kind: u8, id: &str, record: &[u8], baselines: &[u8]) -> Entry {
@@ -124,6 +131,8 @@ pub enum Taken {
     /// Taken before, or an Auth0 id seen before without a legacy row.
     AlreadySeen,
     Missing,
+    /// Not here yet: the caller keeps the line and joins it again with `rejoin`.
+    Parked,
 }
 
 /// A copy of a taken user's record and stored baselines.
@@ -150,6 +159,7 @@ pub struct TooLong;
 pub struct LegacyTable {
     shards: Box<[Mutex<HashTable<Entry>>]>,
     hasher: foldhash::fast::RandomState,
+    stored: RwLock<Option<StoredSets>>,
 }
 
 impl Default for LegacyTable {
@@ -157,11 +167,67 @@ impl Default for LegacyTable {
         LegacyTable {
             shards: (0..SHARDS).map(|_| Mutex::new(HashTable::new())).collect(),
             hasher: foldhash::fast::RandomState::default(),
+            stored: RwLock::new(None),
         }
     }
 }
 
-/// Whether a slot is still the legacy row of `id` (for errors: a duplicate legacy id).
+/// The stored baseline sets while the legacy rows arrive: one contiguous buffer
+/// (`[id length: u32][id][set length: u32][set]` per user) and an index of offsets into it, so
+/// that a million sets cost one allocation, freed at once.
+#[derive(Default)]
+struct StoredSets {
+    bytes: Vec<u8>,
+    index: HashTable<usize>,
+}
+
+impl StoredSets {
+    fn add(&mut self, hasher: &foldhash::fast::RandomState, id: &str, packed: &[u8]) {
+        if id.len() > u32::MAX as usize || packed.len() > u32::MAX as usize {
+            return;
+        }
+        let offset = self.bytes.len();
+        self.bytes
+            .extend_from_slice(&(id.len() as u32).to_le_bytes());
+        self.bytes.extend_from_slice(id.as_bytes());
+        self.bytes
+            .extend_from_slice(&(packed.len() as u32).to_le_bytes());
+        self.bytes.extend_from_slice(packed);
+        let bytes = &self.bytes;
+        self.index
+            .insert_unique(hasher.hash_one(id.as_bytes()), offset, |&offset| {
+                hasher.hash_one(Self::at(bytes, offset).0)
+            });
+    }
+
+    /// The (id, set) stored at `offset`.
+    fn at(bytes: &[u8], offset: usize) -> (&[u8], &[u8]) {
+        let word = |at: usize| {
+            bytes
+                .get(at..at + 4)
+                .and_then(|word| <[u8; 4]>::try_from(word).ok())
+                .map_or(0, |word| u32::from_le_bytes(word) as usize)
+        };
+        let id_len = word(offset);
+        let id = bytes
+            .get(offset + 4..offset + 4 + id_len)
+            .unwrap_or_default();
+        let set_at = offset + 4 + id_len;
+        let set_len = word(set_at);
+        let set = bytes
+            .get(set_at + 4..set_at + 4 + set_len)
+            .unwrap_or_default();
+        (id, set)
+    }
+
+    fn get(&self, hash: u64, id: &[u8]) -> Option<&[u8]> {
+        self.index
+            .find(hash, |&offset| Self::at(&self.bytes, offset).0 == id)
+            .map(|&offset| Self::at(&self.bytes, offset).1)
+    }
+}
+
+/// What [`LegacyTable::insert`] did with a row.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Inserted {
     New,
@@ -182,44 +248,71 @@ impl LegacyTable {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Adds a legacy row; a second row with the same id is refused.
+    /// Adds a legacy row, with its stored baselines if [`LegacyTable::load_stored`] gave
+    /// any; a second row with the same id is refused.
     pub fn insert(&self, id: &str, record: &[u8]) -> Result<Inserted, TooLong> {
         if id.len() > u32::MAX as usize || record.len() > u32::MAX as usize {
             return Err(TooLong);
         }
         let hash = self.hash(id.as_bytes());
+        let stored = self
+            .stored
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let baselines = stored
+            .as_ref()
+            .and_then(|stored| stored.get(hash, id.as_bytes()))
+            .unwrap_or_default();
         let mut shard = self.shard(hash);
         let hasher = |entry: &Entry| self.hash(entry.id_bytes());
         match shard.entry(hash, |entry| entry.id_bytes() == id.as_bytes(), hasher) {
-            hashbrown::hash_table::Entry::Occupied(_) => Ok(Inserted::Duplicate),
+            hashbrown::hash_table::Entry::Occupied(mut slot) => {
+                if slot.get().0.first() != Some(&KIND_PARKED) {
+                    return Ok(Inserted::Duplicate);
+                }
+                // The parked line finds the row when it is joined again.
+                *slot.get_mut() = Entry::new(KIND_LEGACY, id, record, baselines);
+                Ok(Inserted::New)
+            }
             hashbrown::hash_table::Entry::Vacant(slot) => {
-                slot.insert(Entry::new(KIND_LEGACY, id, record, &[]));
+                slot.insert(Entry::new(KIND_LEGACY, id, record, baselines));
                 Ok(Inserted::New)
             }
         }
     }
 
-    /// Gives a legacy user its stored baselines; ids without a legacy row are ignored (only
-    /// users on both sides are compared against baselines).
-    pub fn attach_baselines(&self, id: &str, packed: &[u8]) {
-        let hash = self.hash(id.as_bytes());
-        let mut shard = self.shard(hash);
-        if let Some(entry) = shard.find_mut(hash, |entry| entry.id_bytes() == id.as_bytes())
-            && !entry.is_tombstone()
-        {
-            *entry = Entry::new(KIND_LEGACY, id, entry.record_bytes(), packed);
-        }
+    /// Keeps the stored baseline sets at hand for [`LegacyTable::insert`].
+    pub fn load_stored(&self, each: impl FnOnce(&mut dyn FnMut(&str, &[u8]))) {
+        let mut stored = StoredSets::default();
+        each(&mut |id, packed| stored.add(&self.hasher, id, packed));
+        *self
+            .stored
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(stored);
+    }
+
+    /// Frees the stored sets once every legacy row is in.
+    pub fn forget_stored(&self) {
+        *self
+            .stored
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
     }
 
     /// Takes the legacy user `id` out (into `buffer`, reused from user to user), leaving a
-    /// tombstone; an unknown id leaves one too.
-    pub fn take(&self, id: &str, buffer: &mut TakenUser) -> Taken {
+    /// tombstone. An unknown id is parked while `legacy_done` is false (its line is joined
+    /// again later, with `rejoin`), and leaves a tombstone otherwise.
+    pub fn take(&self, id: &str, buffer: &mut TakenUser, legacy_done: bool, rejoin: bool) -> Taken {
         let hash = self.hash(id.as_bytes());
         let mut shard = self.shard(hash);
         let hasher = |entry: &Entry| self.hash(entry.id_bytes());
         match shard.entry(hash, |entry| entry.id_bytes() == id.as_bytes(), hasher) {
             hashbrown::hash_table::Entry::Occupied(mut slot) => {
                 let entry = slot.get_mut();
+                if rejoin && entry.0.first() == Some(&KIND_PARKED) {
+                    entry.bury();
+                    return Taken::Missing;
+                }
                 if entry.is_tombstone() {
                     return Taken::AlreadySeen;
                 }
@@ -229,6 +322,10 @@ impl LegacyTable {
                 buffer.bytes.extend_from_slice(entry.baselines().0);
                 entry.bury();
                 Taken::Legacy
+            }
+            hashbrown::hash_table::Entry::Vacant(slot) if !legacy_done => {
+                slot.insert(Entry::new(KIND_PARKED, id, &[], &[]));
+                Taken::Parked
             }
             hashbrown::hash_table::Entry::Vacant(slot) => {
                 slot.insert(Entry::new(KIND_TOMBSTONE, id, &[], &[]));
@@ -291,17 +388,20 @@ mod tests {
     #[test]
     fn users_are_taken_once_with_their_record_and_baselines() {
         let table = LegacyTable::default();
+        let packed = pack(&[("email".to_owned(), 5)]);
+        table.load_stored(|each| {
+            each("1", &packed);
+            each("9", &packed);
+        });
         assert_eq!(table.insert("1", &record("a@x.io")).unwrap(), Inserted::New);
         assert_eq!(table.insert("2", &record("b@x.io")).unwrap(), Inserted::New);
         assert_eq!(
             table.insert("1", &record("c@x.io")).unwrap(),
             Inserted::Duplicate
         );
-        let packed = pack(&[("email".to_owned(), 5)]);
-        table.attach_baselines("1", &packed);
-        table.attach_baselines("9", &packed);
+        table.forget_stored();
         let mut user = TakenUser::default();
-        let mut take = |id| table.take(id, &mut user);
+        let mut take = |id| table.take(id, &mut user, true, false);
         assert!(matches!(take("1"), Taken::Legacy));
         assert!(matches!(take("1"), Taken::AlreadySeen));
         assert!(matches!(take("9"), Taken::Missing));
@@ -309,9 +409,36 @@ mod tests {
         assert_eq!(user.legacy().profile.text(Field::Email), Some("a@x.io"));
         assert_eq!(user.baselines().find("email"), Some(5));
         assert_eq!(table.remaining(), 1);
-        assert!(matches!(table.take("2", &mut user), Taken::Legacy));
+        assert!(matches!(
+            table.take("2", &mut user, true, false),
+            Taken::Legacy
+        ));
         assert!(user.baselines().is_empty());
         assert_eq!(table.remaining(), 0);
+        // A profile that comes before its row is parked; joined again it finds the row, or
+        // is missing for good.
+        assert!(matches!(
+            table.take("5", &mut user, false, false),
+            Taken::Parked
+        ));
+        assert!(matches!(
+            table.take("5", &mut user, false, false),
+            Taken::AlreadySeen
+        ));
+        assert!(matches!(
+            table.take("6", &mut user, false, false),
+            Taken::Parked
+        ));
+        assert_eq!(table.insert("5", &record("e@x.io")).unwrap(), Inserted::New);
+        assert!(matches!(
+            table.take("5", &mut user, true, true),
+            Taken::Legacy
+        ));
+        assert_eq!(user.legacy().profile.text(Field::Email), Some("e@x.io"));
+        assert!(matches!(
+            table.take("6", &mut user, true, true),
+            Taken::Missing
+        ));
         // New sets: one that fits in place, one that needs a larger allocation.
         table.set_new_baselines("1", &pack(&[("name".to_owned(), 1)]));
         let long = pack(&[("user_metadata.".to_owned() + &"k".repeat(200), 2)]);
