@@ -141,6 +141,14 @@ pub struct Joined {
     parked: Vec<(u64, Box<[u8]>)>,
 }
 
+/// What every line is joined with.
+#[derive(Clone, Copy)]
+struct Sides<'a> {
+    source_name: &'a str,
+    table: &'a LegacyTable,
+    context: &'a JoinContext<'a>,
+}
+
 /// Where a line is joined: while the legacy rows still arrive, or again once they are all in.
 #[derive(Clone, Copy)]
 enum Phase<'a> {
@@ -207,15 +215,12 @@ pub fn join(
                     let mut taken = TakenUser::default();
                     for (number, line) in lines {
                         let phase = Phase::Rejoin;
-                        part.join_line(
+                        let sides = Sides {
                             source_name,
-                            *number,
-                            line,
                             table,
                             context,
-                            &mut taken,
-                            phase,
-                        )?;
+                        };
+                        part.join_line(&sides, *number, line, &mut taken, phase)?;
                     }
                     Ok::<_, LineError>(part)
                 })
@@ -360,15 +365,12 @@ fn work(
             .split_inclusive(|&byte| byte == b'\n')
             .zip(chunk.first_line..)
             .try_for_each(|(line, number)| {
-                joined.join_line(
+                let sides = Sides {
                     source_name,
-                    number,
-                    line,
                     table,
                     context,
-                    &mut taken,
-                    Phase::Streaming(legacy),
-                )
+                };
+                joined.join_line(&sides, number, line, &mut taken, Phase::Streaming(legacy))
             });
         context
             .counters
@@ -397,14 +399,17 @@ impl Joined {
 
     fn join_line(
         &mut self,
-        source_name: &str,
+        sides: &Sides<'_>,
         number: u64,
         line: &[u8],
-        table: &LegacyTable,
-        context: &JoinContext<'_>,
         taken: &mut TakenUser,
         phase: Phase<'_>,
     ) -> Result<(), LineError> {
+        let Sides {
+            source_name,
+            table,
+            context,
+        } = *sides;
         let line_error = |message: String| {
             (
                 number,
