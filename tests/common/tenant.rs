@@ -48,6 +48,12 @@ impl Tenant {
 
     /// The configuration plus extra TOML (e.g. a `[reconcile]` table).
     pub fn config_with(&self, source: &str, migrated: &str, extra: &str) {
+        self.config_full(source, migrated, "", extra);
+    }
+
+    /// The configuration with extra `[auth0]` keys, plus extra TOML after the `[cache]` table
+    /// (its own keys first, e.g. `export_timeout_seconds = 2`, then other tables).
+    pub fn config_full(&self, source: &str, migrated: &str, auth0_extra: &str, extra: &str) {
         let defaults = SimulatorConfig::default();
         std::fs::write(self.app.path("secret"), &defaults.client_secret).unwrap();
         self.app.config(
@@ -60,6 +66,7 @@ client_id = {client:?}
 client_secret_file = "secret"
 connection = {connection:?}
 migrated = {migrated:?}
+{auth0_extra}
 [cache]
 source = {source:?}
 file = "export.json.gz"
