@@ -192,13 +192,14 @@ fn create_job(shared: &Arc<Shared>, body: &[u8]) -> Result<Value, ApiError> {
     let id = job.id.clone();
     lock(&shared.jobs).insert(id.clone(), job);
     // Runs on the simulator's runtime, which cancels it when the simulator stops.
-    tokio::spawn(run(Arc::clone(shared), id));
+    // The fault is decided now: faults changed later apply to later jobs.
+    let fault = lock(&shared.faults).export_jobs;
+    tokio::spawn(run(Arc::clone(shared), id, fault));
     Ok(answer)
 }
 
 /// Moves a job through its states and builds its file.
-async fn run(shared: Arc<Shared>, id: String) {
-    let fault = lock(&shared.faults).export_jobs;
+async fn run(shared: Arc<Shared>, id: String, fault: JobFault) {
     tokio::time::sleep(shared.config.export_pending).await;
     let until = Instant::now() + shared.config.export_processing;
     let job = {
