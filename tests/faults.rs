@@ -943,6 +943,11 @@ async fn sigkill_at_random_moments_of_a_push_never_loses_or_repeats_a_change() {
             name.push_str(&format!(" r{round}"));
         }
     }
+    assert_eq!(
+        tenant.sim.stats().deletes,
+        0,
+        "driftsync never deletes a user"
+    );
     assert!(
         mid_push >= ROUNDS / 2,
         "most kills should land in the middle of a push: {mid_push} of {ROUNDS}"
