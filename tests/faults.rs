@@ -926,11 +926,9 @@ async fn sigkill_at_random_moments_of_a_push_never_loses_or_repeats_a_change() {
         let baselines = StateStore::open(&state).unwrap().baselines().unwrap();
         for (user, name) in &planned {
             let legacy_id = user.trim_start_matches("auth0|");
-            let entries = baselines.get(legacy_id).unwrap_or_default();
-            let hash = entries
-                .iter()
-                .find(|(key, _)| key == "name")
-                .map(|(_, hash)| *hash);
+            let hash = baselines
+                .get(legacy_id)
+                .and_then(|entries| entries.find("name"));
             assert_eq!(
                 hash,
                 Some(driftsync::baseline::hash(Some(name))),
