@@ -56,7 +56,7 @@ pub async fn run(
     if needs_api || config.auth0.client_id.is_some() {
         let settings = Settings::from_config(&config.auth0, env)?;
         let base = settings.base_url.clone();
-        let auth0 = Auth0Client::new(settings, RetryPolicy::default())?;
+        let auth0 = Auth0Client::new(settings, RetryPolicy::from_config(&config.auth0))?;
         let connection = auth0.connection_by_name(&config.auth0.connection).await?;
         writeln!(out, "auth0      got a token from {base}/oauth/token")?;
         writeln!(

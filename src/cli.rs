@@ -8,6 +8,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::auth0::RetryPolicy;
+use crate::auth0::export_job::ExportOptions;
 use crate::config::{Config, ProcessEnv};
 use crate::reconcile::{self, RunOptions};
 use crate::report::{self, Format};
@@ -233,6 +235,8 @@ async fn reconcile_command(config: &Config, args: ReconcileArgs) -> anyhow::Resu
         progress: true,
         push: args.push,
         max_push_fraction: args.max_push_fraction,
+        export: ExportOptions::from_config(&config.cache),
+        retry: RetryPolicy::from_config(&config.auth0),
         ..RunOptions::default()
     };
     stop_on_signals(options.stop.clone());

@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::time::Duration;
 
 use secrecy::SecretString;
 use serde::Deserialize;
@@ -85,12 +86,16 @@ pub struct Auth0 {
     pub client_secret_file: Option<PathBuf>,
     pub connection: String,
     pub migrated: MigratedRule,
+    /// Timeout of one Management API exchange (`auth0.request_timeout_seconds`).
+    pub request_timeout: Duration,
 }
 
 #[derive(Debug)]
 pub struct Cache {
     pub source: CacheSource,
     pub file: Option<PathBuf>,
+    /// How long a users-export job may take (`cache.export_timeout_seconds`).
+    pub export_timeout: Duration,
 }
 
 #[derive(Debug)]
@@ -154,6 +159,7 @@ struct RawAuth0 {
     client_secret_file: Option<PathBuf>,
     connection: Option<String>,
     migrated: Option<String>,
+    request_timeout_seconds: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -161,6 +167,7 @@ struct RawAuth0 {
 struct RawCache {
     source: Option<String>,
     file: Option<PathBuf>,
+    export_timeout_seconds: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -301,6 +308,19 @@ impl Config {
             }
         };
 
+        let request_timeout = seconds(
+            raw.auth0.request_timeout_seconds,
+            DEFAULT_REQUEST_TIMEOUT_SECONDS,
+            MAX_REQUEST_TIMEOUT_SECONDS,
+        )
+        .map_err(|message| invalid("auth0.request_timeout_seconds", message))?;
+        let export_timeout = seconds(
+            raw.cache.export_timeout_seconds,
+            DEFAULT_EXPORT_TIMEOUT_SECONDS,
+            MAX_EXPORT_TIMEOUT_SECONDS,
+        )
+        .map_err(|message| invalid("cache.export_timeout_seconds", message))?;
+
         let fields = field_list(raw.reconcile.fields.as_deref())
             .map_err(|message| invalid("reconcile.fields", message))?;
         let push_fields = field_list(raw.reconcile.push_fields.as_deref())
@@ -372,10 +392,12 @@ impl Config {
                 client_secret_file: raw.auth0.client_secret_file,
                 connection,
                 migrated,
+                request_timeout,
             },
             cache: Cache {
                 source,
                 file: raw.cache.file,
+                export_timeout,
             },
             reconcile: Reconcile {
                 fields,
@@ -393,6 +415,23 @@ impl Config {
                     .unwrap_or_else(|| PathBuf::from("driftsync-state.db")),
             },
         })
+    }
+}
+
+/// Default of `auth0.request_timeout_seconds`.
+pub const DEFAULT_REQUEST_TIMEOUT_SECONDS: u64 = 30;
+const MAX_REQUEST_TIMEOUT_SECONDS: u64 = 600;
+/// Default of `cache.export_timeout_seconds`: Auth0 exports a million users in minutes.
+pub const DEFAULT_EXPORT_TIMEOUT_SECONDS: u64 = 3600;
+/// A day: Auth0 deletes jobs after 24 hours anyway.
+const MAX_EXPORT_TIMEOUT_SECONDS: u64 = 86_400;
+
+/// A duration in whole seconds, from 1 to `max`.
+fn seconds(value: Option<u64>, default: u64, max: u64) -> Result<Duration, String> {
+    match value.unwrap_or(default) {
+        0 => Err("must be at least 1 (seconds)".into()),
+        value if value > max => Err(format!("{value} is more than the maximum, {max} (seconds)")),
+        value => Ok(Duration::from_secs(value)),
     }
 }
 

@@ -16,6 +16,10 @@ use crate::profile::{Field, Kind, LegacyRecord, LegacyRecordBuilder};
 /// Rows fetched per round trip.
 const BATCH_ROWS: i32 = 5_000;
 
+/// The longest legacy value accepted. No Auth0 profile attribute holds more (metadata is
+/// limited to 16 KB, strings to far less): a longer value is damaged data, never pushed.
+pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+
 const TIMESTAMP_COLUMN: &str = "updated_at";
 const ID_COLUMN: &str = "user_id";
 
@@ -69,6 +73,15 @@ pub enum LegacyError {
         "legacy row {row} (user_id starting {user_id:?}): the row is larger than 4 GiB, which no profile is"
     )]
     ValueTooLong { row: u64, user_id: String },
+    #[error(
+        "legacy row {row} (user_id {user_id:?}): `{column}` is {bytes} bytes long, more than any Auth0 profile attribute holds ({MAX_VALUE_BYTES} at most)"
+    )]
+    ValueTooLarge {
+        row: u64,
+        user_id: String,
+        column: &'static str,
+        bytes: usize,
+    },
     #[error("legacy row {row}: cannot read column `{column}`")]
     Value {
         row: u64,
@@ -328,11 +341,20 @@ fn read_row<'r>(
         return Err(LegacyError::EmptyUserId { row: number });
     }
     builder.clear();
+    let too_long = |field: Field, bytes: usize| LegacyError::ValueTooLarge {
+        row: number,
+        user_id: user_id.to_owned(),
+        column: field.name(),
+        bytes,
+    };
     for &(index, field) in &columns.fields {
         match field.kind() {
             Kind::Text => {
                 let text: Option<&str> = row.try_get(index).map_err(|e| value_error(index, e))?;
                 if let Some(text) = text {
+                    if text.len() > MAX_VALUE_BYTES {
+                        return Err(too_long(field, text.len()));
+                    }
                     builder.text(field, text);
                 }
             }
@@ -347,6 +369,9 @@ fn read_row<'r>(
                     row.try_get(index).map_err(|e| value_error(index, e))?;
                 if let Some(RawJson(json)) = json {
                     let found = json_kind(json);
+                    if json.len() > MAX_VALUE_BYTES {
+                        return Err(too_long(field, json.len()));
+                    }
                     if found != "object" {
                         return Err(LegacyError::MetadataNotObject {
                             row: number,

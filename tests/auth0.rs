@@ -1,6 +1,6 @@
 //! The Management API side over real HTTP: the export-job source end to end against the
-//! simulator (including an expired link, token expiry, 429s, 5xx and dropped connections),
-//! `import_mode`, `check` and `demo`.
+//! simulator (including an expired link), `import_mode`, `check` and `demo`. Faults (429s, 5xx,
+//! dropped and stalled connections, revoked tokens, failing jobs) are in `tests/faults.rs`.
 
 mod common;
 
@@ -11,7 +11,7 @@ use common::tenant::{Tenant, fast_retries};
 use driftsync::auth0::export_job::{self, ExportOptions};
 use driftsync::auth0::{Auth0Error, EndpointClass};
 use driftsync::datagen;
-use driftsync::simulator::{BucketLimit, Faults, Limits, SimulatorConfig};
+use driftsync::simulator::SimulatorConfig;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
@@ -130,100 +130,6 @@ async fn an_expired_download_link_is_replaced_by_a_fresh_one() {
         jobs_before + 1,
         "one GET /jobs/{{id}} for a fresh link"
     );
-}
-
-#[tokio::test]
-async fn tokens_are_renewed_before_expiry_and_after_a_401() {
-    let config = SimulatorConfig {
-        token_lifetime: Duration::from_secs(1),
-        export_pending: Duration::from_millis(1_200),
-        export_processing: Duration::from_millis(1_200),
-        ..SimulatorConfig::default()
-    };
-    let tenant = Tenant::new(300, config, true).await;
-    // The export job outlives two tokens; the run must renew without a failed request.
-    tenant.reconcile();
-    let stats = tenant.sim.stats();
-    assert!(stats.token_requests >= 2, "{stats:?}");
-
-    let client = tenant.client(fast_retries());
-    client
-        .connection_by_name(datagen::CONNECTION)
-        .await
-        .unwrap();
-    tenant.sim.revoke_tokens();
-    let before = tenant.sim.stats().token_requests;
-    client
-        .connection_by_name(datagen::CONNECTION)
-        .await
-        .unwrap();
-    assert_eq!(tenant.sim.stats().token_requests, before + 1);
-}
-
-#[tokio::test]
-async fn a_429_storm_and_a_tight_bucket_never_make_the_client_overdraw() {
-    let config = SimulatorConfig {
-        limits: Limits {
-            users_read: BucketLimit {
-                burst: 5,
-                per_second: 40.0,
-            },
-            ..Limits::enterprise()
-        },
-        ..SimulatorConfig::default()
-    };
-    let tenant = Tenant::new(300, config, true).await;
-    tenant.sim.set_faults(Faults {
-        forced_429: 3,
-        ..Faults::default()
-    });
-    let client = tenant.client(fast_retries());
-    let started = std::time::Instant::now();
-    let ids: Vec<String> = (1..=120).map(|id| format!("auth0|{id}")).collect();
-    let lookups = ids.iter().map(|id| {
-        let client = client.clone();
-        async move { client.user(id).await }
-    });
-    let results = futures_util::future::join_all(lookups).await;
-    let found = results
-        .into_iter()
-        .map(|result| result.unwrap())
-        .filter(Option::is_some)
-        .count();
-    assert!(found > 100, "{found}");
-    let stats = tenant.sim.stats();
-    assert_eq!(
-        stats.over_limit_attempts, 0,
-        "the client sent into an empty bucket: {stats:?}"
-    );
-    assert!(
-        stats.throttled >= 3,
-        "the forced 429s were answered: {stats:?}"
-    );
-    // 120 requests with 5 of burst at 40/s take at least ~2.9 s.
-    assert!(
-        started.elapsed() >= Duration::from_millis(2_800),
-        "{:?}",
-        started.elapsed()
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "{:?}",
-        started.elapsed()
-    );
-}
-
-#[tokio::test]
-async fn server_errors_and_dropped_connections_are_retried() {
-    let tenant = Tenant::new(1_500, SimulatorConfig::default(), true).await;
-    let clean = tenant.reconcile();
-    tenant.sim.set_faults(Faults {
-        server_error_rate: 0.3,
-        drop_rate: 0.3,
-        ..Faults::default()
-    });
-    let faulty = tenant.reconcile();
-    assert_eq!(content(&clean), content(&faulty));
 }
 
 #[tokio::test]

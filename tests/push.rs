@@ -1,16 +1,14 @@
-//! Pushing stranded changes: convergence, Auth0's rules, baselines, the fraction guard,
-//! per-user failures, and stopping (SIGTERM) or crashing (SIGKILL) in the middle of a push.
+//! Pushing stranded changes: convergence, Auth0's rules, baselines, the fraction guard and
+//! per-user failures. Stopping (SIGTERM) or crashing (SIGKILL) in the middle of a push is in
+//! `tests/faults.rs`.
 
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use common::tenant::{TABLE, Tenant};
 use driftsync::datagen;
-use driftsync::simulator::{BucketLimit, Limits, SimulatorConfig};
-use driftsync::state::StateStore;
+use driftsync::simulator::SimulatorConfig;
 use serde_json::Value;
 
 fn users_with(report: &Value, status: &str) -> Vec<Value> {
@@ -234,160 +232,6 @@ async fn a_400_for_one_user_is_recorded_and_the_others_are_pushed() {
         error.contains("400") && error.contains("invalid_body"),
         "{error}"
     );
-}
-
-/// A tenant where `users` legacy rows all changed their name after migration, with a write
-/// bucket that makes the push take several seconds.
-async fn busy_tenant(users: u64, per_second: f64) -> Tenant {
-    let config = SimulatorConfig {
-        limits: Limits {
-            users_write: BucketLimit {
-                burst: 20,
-                per_second,
-            },
-            ..Limits::enterprise()
-        },
-        ..SimulatorConfig::default()
-    };
-    let tenant = Tenant::new(users, config, true).await;
-    let client = tenant.app.db.client().await;
-    client
-        .batch_execute(&format!(
-            "UPDATE {TABLE} SET name = name || ' Jr', updated_at = now()"
-        ))
-        .await
-        .unwrap();
-    tenant
-}
-
-fn spawn_push(tenant: &Tenant) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_driftsync"))
-        .current_dir(tenant.app.dir.path())
-        .args([
-            "--config",
-            "driftsync.toml",
-            "reconcile",
-            "--format",
-            "json",
-            "--push",
-            "--max-push-fraction",
-            "1",
-        ])
-        .env("DRIFTSYNC_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-async fn wait_for_patches(tenant: &Tenant, at_least: u64) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while tenant.sim.stats().patches < at_least {
-        assert!(
-            Instant::now() < deadline,
-            "the push never got going: {:?}",
-            tenant.sim.stats()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Every legacy name is in Auth0, the journal has nothing unresolved, and no change was
-/// applied twice.
-fn assert_converged(tenant: &Tenant, legacy_names: &[(i64, String)], planned: u64) {
-    for (id, name) in legacy_names {
-        let Some(profile) = tenant.sim.user(&format!("auth0|{id}")) else {
-            continue;
-        };
-        if profile["app_metadata"]["migrated"] == true {
-            assert_eq!(profile["name"].as_str(), Some(name.as_str()), "auth0|{id}");
-        }
-    }
-    let store = StateStore::open(&tenant.app.path("driftsync-state.db")).unwrap();
-    assert!(
-        store.unresolved().unwrap().is_empty(),
-        "journal entries left unresolved"
-    );
-    let counts = store.journal_counts().unwrap();
-    assert_eq!(
-        counts.get("applied").copied().unwrap_or(0),
-        planned,
-        "{counts:?}"
-    );
-    assert_eq!(counts.get("failed"), None, "{counts:?}");
-    let stats = tenant.sim.stats();
-    // A request in flight at the crash may have been applied and then found in effect: it is
-    // recorded as applied, never sent again.
-    assert_eq!(stats.patches_applied, planned, "{stats:?}");
-}
-
-async fn legacy_names(tenant: &Tenant) -> Vec<(i64, String)> {
-    let client = tenant.app.db.client().await;
-    client
-        .query(&format!("SELECT id, name FROM {TABLE}"), &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| (row.get(0), row.get(1)))
-        .collect()
-}
-
-#[tokio::test]
-async fn sigterm_lets_requests_in_flight_finish_and_the_next_run_completes() {
-    let tenant = busy_tenant(3_000, 300.0).await;
-    let child = spawn_push(&tenant);
-    wait_for_patches(&tenant, 300).await;
-    let signalled = Instant::now();
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let status = tokio::task::spawn_blocking(move || child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        signalled.elapsed() < Duration::from_secs(10),
-        "{:?}",
-        signalled.elapsed()
-    );
-    assert_eq!(status.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&status.stderr);
-    assert!(stderr.contains("stopped by a signal"), "{stderr}");
-    let store = StateStore::open(&tenant.app.path("driftsync-state.db")).unwrap();
-    assert!(
-        store.unresolved().unwrap().is_empty(),
-        "in-flight pushes were journaled"
-    );
-    drop(store);
-
-    let (_, report, _) = push(&tenant, &["--max-push-fraction", "1"]);
-    assert_eq!(report["summary"]["push_failed"], 0);
-    let after = tenant.reconcile();
-    assert_eq!(after["summary"]["stranded"], 0, "{}", after["summary"]);
-}
-
-#[tokio::test]
-async fn sigkill_mid_push_loses_nothing_and_applies_nothing_twice() {
-    // ~86% of generated users are migrated and matched: 6,000 users give a push of 5,000+.
-    let tenant = busy_tenant(6_000, 800.0).await;
-    let names = legacy_names(&tenant).await;
-    let first = tenant.reconcile();
-    let planned = first["summary"]["stranded"].as_u64().unwrap();
-    assert!(planned >= 5_000, "{}", first["summary"]);
-
-    let mut child = spawn_push(&tenant);
-    wait_for_patches(&tenant, 1_500).await;
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let at_crash = tenant.sim.stats().patches_applied;
-    assert!(at_crash < planned, "the crash came before the end");
-
-    let (_, report, _) = push(&tenant, &["--max-push-fraction", "1"]);
-    assert_eq!(report["summary"]["push_failed"], 0);
-    assert_converged(&tenant, &names, planned);
-    let after = tenant.reconcile();
-    assert_eq!(after["summary"]["stranded"], 0, "{}", after["summary"]);
 }
 
 #[tokio::test]

@@ -42,6 +42,14 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// The default policy with the configured request timeout.
+    pub fn from_config(auth0: &crate::config::Auth0) -> RetryPolicy {
+        RetryPolicy {
+            timeout: auth0.request_timeout,
+            ..RetryPolicy::default()
+        }
+    }
+
     /// Full jitter: a random wait up to the exponential bound, so that retries of many
     /// requests do not arrive together.
     pub fn backoff(&self, failures: u32) -> Duration {
@@ -194,7 +202,7 @@ impl Auth0Client {
                 Err(error) => {
                     self.limiter.abandon(&permit);
                     metrics::api_request(endpoint, "error");
-                    Failure::Transport(error.without_url().to_string())
+                    Failure::Transport(self.transport_detail(error))
                 }
                 Ok(response) => {
                     let status = response.status();
@@ -226,10 +234,14 @@ impl Auth0Client {
                         continue;
                     }
                     self.limiter.observe(&permit, info, None);
+                    let content_type = response
+                        .headers()
+                        .get(reqwest::header::CONTENT_TYPE)
+                        .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
                     match response.bytes().await {
                         Err(error) => Failure::Transport(format!(
                             "the answer broke off: {}",
-                            error.without_url()
+                            self.transport_detail(error)
                         )),
                         Ok(bytes) if status == StatusCode::UNAUTHORIZED && !renewed => {
                             renewed = true;
@@ -240,6 +252,14 @@ impl Auth0Client {
                         }
                         Ok(bytes) if status.is_server_error() => Failure::Server(status, bytes),
                         Ok(bytes) if status.is_success() || status == StatusCode::NOT_FOUND => {
+                            check_answer(
+                                &method,
+                                endpoint,
+                                status,
+                                content_type.as_deref(),
+                                info.is_some(),
+                                &bytes,
+                            )?;
                             return Ok((status, bytes));
                         }
                         Ok(bytes) => return Err(api_error(&method, endpoint, status, &bytes)),
@@ -315,7 +335,7 @@ impl Auth0Client {
                 Err(error) => {
                     self.limiter.abandon(&permit);
                     metrics::api_request("/oauth/token", "error");
-                    error.without_url().to_string()
+                    self.transport_detail(error)
                 }
                 Ok(response) => {
                     let status = response.status();
@@ -324,8 +344,21 @@ impl Auth0Client {
                     let throttle = (status == StatusCode::TOO_MANY_REQUESTS)
                         .then(|| limiter::throttle_wait(response.headers(), info));
                     self.limiter.observe(&permit, info, throttle);
+                    let content_type = response
+                        .headers()
+                        .get(reqwest::header::CONTENT_TYPE)
+                        .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
                     let bytes = response.bytes().await.unwrap_or_default();
                     if status.is_success() {
+                        // The token endpoint has its own limits and may omit rate-limit headers.
+                        check_answer(
+                            &Method::POST,
+                            "/oauth/token",
+                            status,
+                            content_type.as_deref(),
+                            true,
+                            &bytes,
+                        )?;
                         let answer: TokenAnswer = decode(&Method::POST, "/oauth/token", &bytes)?;
                         let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(86_400));
                         // Renew a tenth of the lifetime early (at most a minute), so a request
@@ -396,6 +429,23 @@ impl Auth0Client {
         }
     }
 
+    /// What went wrong with an exchange, saying so plainly for a timeout.
+    fn transport_detail(&self, error: reqwest::Error) -> String {
+        if error.is_timeout() {
+            format!(
+                "no complete answer within {} s (auth0.request_timeout_seconds)",
+                self.retry.timeout.as_secs_f64()
+            )
+        } else {
+            let error = error.without_url();
+            // reqwest's own text ("error sending request") hides the cause in its source.
+            match std::error::Error::source(&error) {
+                Some(source) => format!("{error}: {source}"),
+                None => error.to_string(),
+            }
+        }
+    }
+
     fn stats_lock(&self) -> std::sync::MutexGuard<'_, ClientStats> {
         self.stats
             .lock()
@@ -425,6 +475,47 @@ impl std::fmt::Display for Failure {
             Failure::Server(status, _) => write!(f, "{status}"),
         }
     }
+}
+
+/// A 2xx (or 404) answer must be Auth0's: JSON, and on the Management API with the rate-limit
+/// headers every Auth0 answer carries. Anything else comes from something in between (a
+/// captive portal, a proxy, a wrong `auth0.base_url`) and must not be taken for data.
+fn check_answer(
+    method: &Method,
+    endpoint: &'static str,
+    status: StatusCode,
+    content_type: Option<&str>,
+    has_rate_headers: bool,
+    bytes: &[u8],
+) -> Result<(), Auth0Error> {
+    let bad = |detail: String| Auth0Error::BadAnswer {
+        method: method.to_string(),
+        endpoint,
+        detail,
+    };
+    if !bytes.is_empty() {
+        let json = content_type.is_some_and(|value| {
+            value
+                .split(';')
+                .next()
+                .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
+        });
+        if !json {
+            return Err(bad(format!(
+                "{status} with Content-Type {}, not application/json; the answer starts with: {}",
+                content_type.map_or_else(|| "(none)".to_owned(), |value| format!("{value:?}")),
+                snippet(bytes)
+            )));
+        }
+    }
+    if !has_rate_headers {
+        return Err(bad(format!(
+            "{status} without the x-ratelimit-limit/-remaining/-reset headers Auth0 always sends \
+             (without them requests cannot be paced); is auth0.base_url the Management API, \
+             or does a proxy strip them?"
+        )));
+    }
+    Ok(())
 }
 
 pub(super) fn decode<T: DeserializeOwned>(

@@ -39,6 +39,16 @@ impl Default for ExportOptions {
     }
 }
 
+impl ExportOptions {
+    /// The default options with the configured maximum wait for the job.
+    pub fn from_config(cache: &crate::config::Cache) -> ExportOptions {
+        ExportOptions {
+            timeout: cache.export_timeout,
+            ..ExportOptions::default()
+        }
+    }
+}
+
 /// The export fields for a comparison of `compared`: the identity, the migration moment, the
 /// connection, and only the attributes that are compared or decide migration.
 pub fn fields_for(compared: &[Field], migrated: &MigratedRule) -> Vec<ExportField> {
@@ -97,13 +107,21 @@ pub async fn run_job(
                 tracing::info!(job = %job.id, elapsed_ms = started.elapsed().as_millis() as u64, "the export job completed");
                 return Ok(job);
             }
-            "failed" => {
+            "completed" => {
                 return Err(Auth0Error::JobFailed {
                     job: job.id,
-                    detail: job
-                        .summary
-                        .map(|summary| summary.to_string())
-                        .unwrap_or_else(|| "Auth0 reported status \"failed\"".into()),
+                    detail: "Auth0 reported it completed but gave no download link (`location`)"
+                        .into(),
+                });
+            }
+            "failed" => {
+                let why = job
+                    .summary
+                    .map(|summary| summary.to_string())
+                    .unwrap_or_else(|| "Auth0 reported status \"failed\"".into());
+                return Err(Auth0Error::JobFailed {
+                    job: job.id,
+                    detail: format!("{why} (after {:.1} s)", started.elapsed().as_secs_f64()),
                 });
             }
             _ => {}

@@ -34,7 +34,7 @@ pub enum Auth0Error {
     },
     #[error("cannot set up the Auth0 client: {0}")]
     Setup(String),
-    #[error("Auth0 refused the client credentials ({status}): {message}")]
+    #[error("POST /oauth/token: Auth0 refused the client credentials ({status}): {message}")]
     TokenRejected { status: u16, message: String },
     #[error("{method} {endpoint}: Auth0 answered {status}{}: {message}", code.as_ref().map(|code| format!(" {code}")).unwrap_or_default())]
     Api {
@@ -70,7 +70,7 @@ pub enum Auth0Error {
     #[error("the users-export job {job} failed: {detail}")]
     JobFailed { job: String, detail: String },
     #[error(
-        "the users-export job {job} did not complete within {seconds} s (last status: {status})"
+        "the users-export job {job} did not complete within {seconds} s (cache.export_timeout_seconds; last status: {status})"
     )]
     JobTimeout {
         job: String,
@@ -357,6 +357,7 @@ mod tests {
             client_secret_file: Some(dir.path().join("file")),
             connection: "c".into(),
             migrated: config::MigratedRule::Always,
+            request_timeout: std::time::Duration::from_secs(30),
         };
         let credentials = ("CREDENTIALS_DIRECTORY", dir.path().display().to_string());
         let secret = |auth0: &config::Auth0, env: Env| {

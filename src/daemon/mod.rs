@@ -206,6 +206,8 @@ async fn run_once(
     let options = RunOptions {
         stop,
         store: Some(store.clone()),
+        export: crate::auth0::export_job::ExportOptions::from_config(&config.cache),
+        retry: crate::auth0::RetryPolicy::from_config(&config.auth0),
         ..RunOptions::default()
     };
     let result = reconcile::run_kind(kind, config, &options, &ProcessEnv).await;

@@ -149,6 +149,7 @@ fn issue(shared: &Shared, body: TokenRequest) -> Response {
     }
     if body.client_id.as_deref() != Some(config.client_id.as_str())
         || body.client_secret.as_deref() != Some(config.client_secret.as_str())
+        || shared.credentials_revoked()
     {
         return oauth_error(StatusCode::UNAUTHORIZED, "access_denied", "Unauthorized");
     }

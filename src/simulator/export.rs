@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
-use super::faults::{broken_body, chunks, delay, roll};
+use super::faults::{JobFault, broken_body, chunks, delay, roll};
 use super::reply::{ApiError, now_rfc3339, random_text};
 use super::{Shared, lock};
 
@@ -192,12 +192,14 @@ fn create_job(shared: &Arc<Shared>, body: &[u8]) -> Result<Value, ApiError> {
     let id = job.id.clone();
     lock(&shared.jobs).insert(id.clone(), job);
     // Runs on the simulator's runtime, which cancels it when the simulator stops.
-    tokio::spawn(run(Arc::clone(shared), id));
+    // The fault is decided now: faults changed later apply to later jobs.
+    let fault = lock(&shared.faults).export_jobs;
+    tokio::spawn(run(Arc::clone(shared), id, fault));
     Ok(answer)
 }
 
 /// Moves a job through its states and builds its file.
-async fn run(shared: Arc<Shared>, id: String) {
+async fn run(shared: Arc<Shared>, id: String, fault: JobFault) {
     tokio::time::sleep(shared.config.export_pending).await;
     let until = Instant::now() + shared.config.export_processing;
     let job = {
@@ -209,6 +211,19 @@ async fn run(shared: Arc<Shared>, id: String) {
         job.clone()
     };
     tokio::time::sleep(shared.config.export_processing).await;
+    match fault {
+        JobFault::Complete => {}
+        JobFault::Fail => {
+            if let Some(job) = lock(&shared.jobs).get_mut(&id) {
+                job.status = Status::Failed {
+                    reason: "simulated failure (Faults::export_jobs)".into(),
+                };
+            }
+            return;
+        }
+        // Stays `processing` (with `time_left_seconds` 0) until the simulator stops.
+        JobFault::NeverComplete => return,
+    }
     let users = lock(&shared.tenant).snapshot(job.connection.as_ref().map(|c| c.0), job.limit);
     let fields = job.fields;
     let built = tokio::task::spawn_blocking(move || build(&users, &fields)).await;
@@ -368,7 +383,7 @@ pub(crate) async fn download(
 ) -> Response {
     shared.count("GET /download/{job}", |stats| stats.downloads += 1);
     let faults = lock(&shared.faults).clone();
-    delay(&faults).await;
+    delay(&faults, shared.take_stall()).await;
     let expires = query
         .get("expires")
         .and_then(|text| text.parse::<u64>().ok());

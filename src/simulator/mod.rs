@@ -39,7 +39,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::{oneshot, watch};
 
-pub use faults::Faults;
+pub use faults::{BadAnswer, BadAnswerKind, Faults, JobFault};
 pub use limits::{BucketLimit, Limits};
 
 /// How the simulated tenant behaves.
@@ -102,6 +102,17 @@ pub struct Stats {
     pub by_endpoint: BTreeMap<String, u64>,
 }
 
+/// One PATCH request as the simulator received it (see [`Simulator::patch_log`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PatchRecord {
+    /// The user id of the path, e.g. `auth0|42`.
+    pub user_id: String,
+    /// The body (`Value::Null` when it was not JSON).
+    pub body: Value,
+    /// Whether the change was applied (answered 200).
+    pub applied: bool,
+}
+
 /// State shared by the handlers. Every lock is held briefly and never across an `.await`.
 pub(crate) struct Shared {
     config: SimulatorConfig,
@@ -112,6 +123,9 @@ pub(crate) struct Shared {
     buckets: Mutex<limits::Buckets>,
     faults: Mutex<Faults>,
     stats: Mutex<Stats>,
+    patch_log: Mutex<Vec<PatchRecord>>,
+    /// Set by [`Faults::revoke_credentials`]: `/oauth/token` refuses the client.
+    credentials_revoked: std::sync::atomic::AtomicBool,
     signer: export::Signer,
 }
 
@@ -139,6 +153,58 @@ impl Shared {
                 stats.over_limit_attempts += 1;
             }
         });
+    }
+
+    /// Whether this request stalls (see [`Faults::stall_count`]), using up one stall.
+    fn take_stall(&self) -> bool {
+        let mut faults = lock(&self.faults);
+        if faults.stall.is_zero() {
+            return false;
+        }
+        match &mut faults.stall_count {
+            None => true,
+            Some(0) => false,
+            Some(left) => {
+                *left -= 1;
+                true
+            }
+        }
+    }
+
+    /// Counts a Management API request towards [`Faults::revoke_tokens_after`] and revokes
+    /// the tokens (and the credentials, with [`Faults::revoke_credentials`]) when it is due.
+    fn count_towards_revocation(&self) {
+        let mut faults = lock(&self.faults);
+        let Some(left) = &mut faults.revoke_tokens_after else {
+            return;
+        };
+        *left = left.saturating_sub(1);
+        if *left == 0 {
+            faults.revoke_tokens_after = None;
+            if faults.revoke_credentials {
+                self.credentials_revoked
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            drop(faults);
+            lock(&self.tokens).revoke_all();
+        }
+    }
+
+    /// Whether `/oauth/token` refuses the client: revoked with the tokens, or at once when
+    /// no token revocation is pending.
+    pub(crate) fn credentials_revoked(&self) -> bool {
+        if self
+            .credentials_revoked
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return true;
+        }
+        let faults = lock(&self.faults);
+        faults.revoke_credentials && faults.revoke_tokens_after.is_none()
+    }
+
+    fn record_patch(&self, record: PatchRecord) {
+        lock(&self.patch_log).push(record);
     }
 
     /// Uses up one forced 429, if any is left.
@@ -191,6 +257,8 @@ impl Simulator {
             jobs: Mutex::default(),
             faults: Mutex::default(),
             stats: Mutex::default(),
+            patch_log: Mutex::default(),
+            credentials_revoked: std::sync::atomic::AtomicBool::new(false),
             signer: export::Signer::default(),
         });
         let app = routes::router(Arc::clone(&shared));
@@ -313,14 +381,25 @@ impl Simulator {
         lock(&self.shared.tenant).len()
     }
 
-    /// Replaces the injected faults (including the count of forced 429s left).
+    /// Replaces the injected faults (including the counts left of forced 429s, stalls and
+    /// requests before a revocation). Credentials revoked by the previous faults work again
+    /// unless the new ones revoke them too.
     pub fn set_faults(&self, faults: Faults) {
         *lock(&self.shared.faults) = faults;
+        self.shared
+            .credentials_revoked
+            .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Invalidates every token issued so far: they answer 401 "Invalid token".
     pub fn revoke_tokens(&self) {
         lock(&self.shared.tokens).revoke_all();
+    }
+
+    /// Every PATCH received so far, in order of arrival (those refused by the gate — token,
+    /// rate limit, server-error faults — never reach the handler and are not listed).
+    pub fn patch_log(&self) -> Vec<PatchRecord> {
+        lock(&self.shared.patch_log).clone()
     }
 
     pub fn stats(&self) -> Stats {

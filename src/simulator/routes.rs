@@ -37,6 +37,8 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .method_not_allowed_fallback(no_route)
         .fallback(no_route)
         .layer(middleware::from_fn_with_state(Arc::clone(&shared), gate))
+        // Outermost: damages answers after the gate added its headers.
+        .layer(middleware::from_fn_with_state(Arc::clone(&shared), damage))
         .with_state(shared)
 }
 
@@ -64,6 +66,30 @@ fn classify(method: &Method, path: &str) -> (Class, String) {
     (class, format!("{method} /api/v2/{template}"))
 }
 
+/// The statistics key of any request: Management API endpoints as [`classify`] names them,
+/// `POST /oauth/token` and `GET /download/{job}`.
+fn endpoint_key(method: &Method, path: &str) -> String {
+    if path.starts_with("/api/v2/") {
+        classify(method, path).1
+    } else if path.starts_with("/download/") {
+        format!("{method} /download/{{job}}")
+    } else {
+        format!("{method} {path}")
+    }
+}
+
+/// [`Faults::bad_answer`](super::Faults::bad_answer): damages the answers of one endpoint.
+async fn damage(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
+    let bad = lock(&shared.faults).bad_answer.clone();
+    let Some(bad) =
+        bad.filter(|bad| bad.endpoint == endpoint_key(request.method(), request.uri().path()))
+    else {
+        return next.run(request).await;
+    };
+    let response = next.run(request).await;
+    faults::bad_answer(&bad.kind, response)
+}
+
 /// Statistics, faults, rate limit and authorization for `/api/v2/…`; other paths pass through.
 async fn gate(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
     if !request.uri().path().starts_with("/api/v2/") {
@@ -72,7 +98,8 @@ async fn gate(State(shared): State<Arc<Shared>>, request: Request, next: Next) -
     let (class, endpoint) = classify(request.method(), request.uri().path());
     shared.count(&endpoint, |stats| stats.requests += 1);
     let faults = lock(&shared.faults).clone();
-    faults::delay(&faults).await;
+    faults::delay(&faults, shared.take_stall()).await;
+    shared.count_towards_revocation();
 
     if shared.take_forced_429() {
         shared.count_throttled(false);
@@ -198,7 +225,18 @@ async fn patch_user(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     shared.update_stats(|stats| stats.patches += 1);
-    let body: Value = serde_json::from_slice(&body).map_err(|_| ApiError {
+    let parsed: Option<Value> = serde_json::from_slice(&body).ok();
+    let result = apply_patch(&shared, &id, parsed.as_ref());
+    shared.record_patch(super::PatchRecord {
+        user_id: id,
+        body: parsed.unwrap_or(Value::Null),
+        applied: result.is_ok(),
+    });
+    result
+}
+
+fn apply_patch(shared: &Shared, id: &str, body: Option<&Value>) -> Result<Json<Value>, ApiError> {
+    let body = body.ok_or_else(|| ApiError {
         status: StatusCode::BAD_REQUEST,
         message: "Invalid request payload JSON format".into(),
         error_code: None,
@@ -208,14 +246,14 @@ async fn patch_user(
         |error: patch::PatchError| ApiError::bad_request(error.to_string(), error.error_code());
     let now = now_rfc3339();
     let mut tenant = lock(&shared.tenant);
-    let Some((mut profile, migrated)) = tenant.profile(&id) else {
+    let Some((mut profile, migrated)) = tenant.profile(id) else {
         drop(tenant);
         // The body is validated before the user is looked up.
-        patch::apply(&mut Map::new(), true, &body, &now).map_err(to_api)?;
+        patch::apply(&mut Map::new(), true, body, &now).map_err(to_api)?;
         return Err(user_not_found());
     };
-    patch::apply(&mut profile, migrated, &body, &now).map_err(to_api)?;
-    tenant.replace(&id, &profile);
+    patch::apply(&mut profile, migrated, body, &now).map_err(to_api)?;
+    tenant.replace(id, &profile);
     drop(tenant);
     shared.update_stats(|stats| stats.patches_applied += 1);
     Ok(Json(Value::Object(profile)))

@@ -827,3 +827,231 @@ async fn answers_while_the_callers_runtime_is_blocked() {
         "stopped listening"
     );
 }
+
+#[tokio::test]
+async fn stalls_hold_the_next_requests_only() {
+    let h = Harness::start(SimulatorConfig::default()).await;
+    h.sim.add_connection(CONNECTION, true);
+    h.sim.set_faults(Faults {
+        stall: Duration::from_millis(400),
+        stall_count: Some(1),
+        ..Faults::default()
+    });
+    let started = Instant::now();
+    assert_eq!(h.get("/api/v2/connections").await.0, StatusCode::OK);
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    let started = Instant::now();
+    assert_eq!(h.get("/api/v2/connections").await.0, StatusCode::OK);
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "only one request stalls: {:?}",
+        started.elapsed()
+    );
+    // A client with a shorter timeout gives up on a stalled request.
+    h.sim.set_faults(Faults {
+        stall: Duration::from_secs(5),
+        ..Faults::default()
+    });
+    let outcome = h
+        .http
+        .get(h.url("/api/v2/connections"))
+        .bearer_auth(&h.token)
+        .timeout(Duration::from_millis(200))
+        .send()
+        .await;
+    assert!(outcome.unwrap_err().is_timeout());
+}
+
+#[tokio::test]
+async fn tokens_and_credentials_are_revoked_after_n_requests() {
+    let h = Harness::start(SimulatorConfig::default()).await;
+    h.sim.add_connection(CONNECTION, true);
+    h.sim.set_faults(Faults {
+        revoke_tokens_after: Some(2),
+        ..Faults::default()
+    });
+    assert_eq!(h.get("/api/v2/connections").await.0, StatusCode::OK);
+    let (status, body) = h.get("/api/v2/connections").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["message"], "Invalid token");
+    // A new token works: only the issued ones were revoked, and only once.
+    let fresh = token(&h.sim, &h.http).await;
+    for _ in 0..3 {
+        let response = h
+            .http
+            .get(h.url("/api/v2/connections"))
+            .bearer_auth(&fresh)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+
+    h.sim.set_faults(Faults {
+        revoke_tokens_after: Some(1),
+        revoke_credentials: true,
+        ..Faults::default()
+    });
+    // Credentials still work until the revocation is due.
+    let before = token(&h.sim, &h.http).await;
+    let response = h
+        .http
+        .get(h.url("/api/v2/connections"))
+        .bearer_auth(&before)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let config = h.sim.config();
+    let refused = h
+        .http
+        .post(h.url("/oauth/token"))
+        .json(
+            &json!({"grant_type": "client_credentials", "client_id": config.client_id,
+                      "client_secret": config.client_secret,
+                      "audience": format!("https://{}/api/v2/", config.domain)}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"], "access_denied");
+    // New faults give the credentials back.
+    h.sim.set_faults(Faults::default());
+    token(&h.sim, &h.http).await;
+}
+
+#[tokio::test]
+async fn export_jobs_can_fail_or_never_complete() {
+    let h = Harness::start(quick()).await;
+    let connection_id = seed_export_users(&h.sim);
+    let create = || {
+        h.json(
+            Method::POST,
+            "/api/v2/jobs/users-exports",
+            Some(json!({"connection_id": connection_id, "format": "json"})),
+        )
+    };
+    h.sim.set_faults(Faults {
+        export_jobs: JobFault::Fail,
+        ..Faults::default()
+    });
+    let (status, job) = create().await;
+    assert_eq!(status, StatusCode::CREATED);
+    let failed_id = job["id"].as_str().unwrap().to_owned();
+    h.sim.set_faults(Faults {
+        export_jobs: JobFault::NeverComplete,
+        ..Faults::default()
+    });
+    let (_, job) = create().await;
+    let stuck_id = job["id"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (_, failed) = h.get(&format!("/api/v2/jobs/{failed_id}")).await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert!(failed["summary"]["reason"].is_string(), "{failed}");
+    assert!(failed.get("location").is_none(), "{failed}");
+    let (_, stuck) = h.get(&format!("/api/v2/jobs/{stuck_id}")).await;
+    assert_eq!(stuck["status"], "processing", "{stuck}");
+    assert!(stuck.get("location").is_none(), "{stuck}");
+    // Faults apply to jobs created later; a normal job still completes.
+    h.sim.set_faults(Faults::default());
+    let (_, job) = create().await;
+    wait_completed(&h, job["id"].as_str().unwrap()).await;
+}
+
+#[tokio::test]
+async fn bad_answers_damage_one_endpoint() {
+    let h = Harness::start(SimulatorConfig::default()).await;
+    h.sim.add_connection(CONNECTION, true);
+    h.sim
+        .insert_user(CONNECTION, json!({"user_id": "auth0|1", "name": "A"}));
+    let fault = |endpoint: &str, kind: BadAnswerKind| Faults {
+        bad_answer: Some(BadAnswer::new(endpoint, kind)),
+        ..Faults::default()
+    };
+
+    h.sim
+        .set_faults(fault("GET /api/v2/connections", BadAnswerKind::Html(200)));
+    let response = h.send(Method::GET, "/api/v2/connections", None).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        header(&response, "content-type")
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert!(header(&response, "x-ratelimit-limit").is_none());
+    assert!(response.text().await.unwrap().contains("<html>"));
+    // Other endpoints are not affected.
+    assert_eq!(h.get("/api/v2/users/auth0%7C1").await.0, StatusCode::OK);
+
+    h.sim.set_faults(fault(
+        "GET /api/v2/users/{id}",
+        BadAnswerKind::Json(json!({"unexpected": true})),
+    ));
+    let response = h.send(Method::GET, "/api/v2/users/auth0%7C1", None).await;
+    assert!(header(&response, "x-ratelimit-remaining").is_some());
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        json!({"unexpected": true})
+    );
+
+    h.sim.set_faults(fault(
+        "GET /api/v2/users/{id}",
+        BadAnswerKind::NoRateLimitHeaders,
+    ));
+    let response = h.send(Method::GET, "/api/v2/users/auth0%7C1", None).await;
+    assert!(header(&response, "x-ratelimit-limit").is_none());
+    assert!(header(&response, "content-type").is_some());
+    assert_eq!(response.json::<Value>().await.unwrap()["name"], "A");
+
+    h.sim.set_faults(fault(
+        "GET /api/v2/users/{id}",
+        BadAnswerKind::NoContentType,
+    ));
+    let response = h.send(Method::GET, "/api/v2/users/auth0%7C1", None).await;
+    assert!(header(&response, "content-type").is_none());
+    assert!(header(&response, "x-ratelimit-limit").is_some());
+
+    h.sim
+        .set_faults(fault("POST /oauth/token", BadAnswerKind::Html(403)));
+    let response = h
+        .http
+        .post(h.url("/oauth/token"))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn the_patch_log_records_every_patch_and_its_outcome() {
+    let h = Harness::start(SimulatorConfig::default()).await;
+    h.sim.add_connection(CONNECTION, true);
+    h.sim
+        .insert_user(CONNECTION, json!({"user_id": "auth0|1", "name": "A"}));
+    assert_eq!(
+        h.patch("auth0|1", json!({"name": "B"})).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        h.patch("auth0|1", json!({"name": ""})).await.0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        h.sim.patch_log(),
+        vec![
+            PatchRecord {
+                user_id: "auth0|1".into(),
+                body: json!({"name": "B"}),
+                applied: true
+            },
+            PatchRecord {
+                user_id: "auth0|1".into(),
+                body: json!({"name": ""}),
+                applied: false
+            },
+        ]
+    );
+}

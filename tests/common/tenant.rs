@@ -48,29 +48,48 @@ impl Tenant {
 
     /// The configuration plus extra TOML (e.g. a `[reconcile]` table).
     pub fn config_with(&self, source: &str, migrated: &str, extra: &str) {
-        let defaults = SimulatorConfig::default();
-        std::fs::write(self.app.path("secret"), &defaults.client_secret).unwrap();
+        self.config_full(source, migrated, "", extra);
+    }
+
+    /// The configuration with extra `[auth0]` keys, plus extra TOML after the `[cache]` table
+    /// (its own keys first, e.g. `export_timeout_seconds = 2`, then other tables).
+    pub fn config_full(&self, source: &str, migrated: &str, auth0_extra: &str, extra: &str) {
         self.app.config(
             &datagen::mapping_query(TABLE),
-            &format!(
-                r#"[auth0]
+            &self.config_rest(source, migrated, auth0_extra, extra),
+        );
+    }
+
+    /// The configuration after `[legacy]` (for `App::config` with another query), and the
+    /// secret file it names.
+    pub fn config_rest(
+        &self,
+        source: &str,
+        migrated: &str,
+        auth0_extra: &str,
+        extra: &str,
+    ) -> String {
+        let defaults = SimulatorConfig::default();
+        std::fs::write(self.app.path("secret"), &defaults.client_secret).unwrap();
+        format!(
+            r#"[auth0]
 domain = {domain:?}
 base_url = {base:?}
 client_id = {client:?}
 client_secret_file = "secret"
 connection = {connection:?}
 migrated = {migrated:?}
+{auth0_extra}
 [cache]
 source = {source:?}
 file = "export.json.gz"
 {extra}
 "#,
-                domain = defaults.domain,
-                base = self.sim.base_url(),
-                client = defaults.client_id,
-                connection = datagen::CONNECTION,
-            ),
-        );
+            domain = defaults.domain,
+            base = self.sim.base_url(),
+            client = defaults.client_id,
+            connection = datagen::CONNECTION,
+        )
     }
 
     pub fn reconcile(&self) -> Value {
