@@ -133,7 +133,7 @@ pub(super) async fn run(
         }
         if !matched {
             let verdict = classify::classify(&fields, Some(&record.view()), None, None);
-            joined.record(&auth0_id, legacy_id, verdict, None, Vec::new());
+            joined.record(&auth0_id, legacy_id, verdict, None, Box::default());
         }
     }
     let Joined {

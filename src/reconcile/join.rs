@@ -122,9 +122,9 @@ pub struct Planned {
     pub auth0_id: String,
     pub legacy_id: String,
     pub plan: UserPlan,
-    /// The user's baseline set after this run's agreeing keys; pushed keys are added to it,
-    /// and it is written at the end of the run.
-    pub baselines: Vec<(String, i64)>,
+    /// The user's baseline set after this run's agreeing keys, packed; pushed keys are added
+    /// to it, and it is written at the end of the run.
+    pub baselines: Box<[u8]>,
 }
 
 #[derive(Default)]
@@ -431,9 +431,13 @@ impl Joined {
         };
         let (legacy_done, rejoin) = match phase {
             Phase::Streaming(legacy) => {
-                if legacy.parked_bytes.load(Ordering::Relaxed) > PARK_LIMIT_BYTES {
-                    // Enough held aside: from here on every profile waits for its row.
-                    legacy.wait();
+                // Enough held aside: from here on every profile waits for its row.
+                if legacy.parked_bytes.load(Ordering::Relaxed) > PARK_LIMIT_BYTES && !legacy.wait()
+                {
+                    return Err((
+                        number,
+                        ReconcileError::Worker("the legacy read failed".into()),
+                    ));
                 }
                 (legacy.is_done(), false)
             }
@@ -479,7 +483,7 @@ impl Joined {
         let verdict = classify::classify(context.fields, None, Some(user), None);
         let plan = (verdict.status == Status::Orphaned && context.orphans == OrphanAction::Block)
             .then(|| block_plan(&user.profile));
-        self.record(user.auth0_id, user.legacy_id, verdict, plan, Vec::new());
+        self.record(user.auth0_id, user.legacy_id, verdict, plan, Box::default());
     }
 
     /// Classifies a user present on both sides and plans its push; returns the user's new
@@ -506,11 +510,14 @@ impl Joined {
         let planned = plan.as_ref().is_some_and(|plan| !plan.bodies.is_empty());
         let new_set = new_baselines(&verdict.keys, stored, context.fields);
         if planned {
-            let set = new_set.unwrap_or_else(|| stored.entries());
+            let set = match new_set {
+                Some(entries) => baseline::pack(&entries),
+                None => stored.0.into(),
+            };
             self.record(user.auth0_id, user.legacy_id, verdict, plan, set);
             None
         } else {
-            self.record(user.auth0_id, user.legacy_id, verdict, plan, Vec::new());
+            self.record(user.auth0_id, user.legacy_id, verdict, plan, Box::default());
             new_set
         }
     }
@@ -521,7 +528,7 @@ impl Joined {
         legacy_id: &str,
         verdict: Verdict,
         plan: Option<UserPlan>,
-        baselines: Vec<(String, i64)>,
+        baselines: Box<[u8]>,
     ) {
         self.summary.count(verdict.status);
         if matches!(verdict.status, Status::InSync | Status::NotMigrated) {
@@ -653,19 +660,128 @@ fn unchanged(keys: &[KeyValues], stored: PackedBaselines<'_>, fields: &[Field]) 
 
 /// Adds the baselines of pushed keys to a planned user's set.
 pub fn record_pushed(planned: &mut Planned) {
+    let mut entries = PackedBaselines(&planned.baselines).entries();
     for (key, hash) in &planned.plan.keys {
-        match planned.baselines.iter_mut().find(|(name, _)| name == key) {
+        match entries.iter_mut().find(|(name, _)| name == key) {
             Some(entry) => entry.1 = *hash,
-            None => planned.baselines.push((key.clone(), *hash)),
+            None => entries.push((key.clone(), *hash)),
         }
     }
+    entries.sort_unstable();
+    planned.baselines = baseline::pack(&entries);
 }
 
 /// Moves the sets of planned users into the writes.
 pub fn planned_baselines(planned: &[Planned], writes: &mut BaselineWrites) {
     for user in planned {
-        let mut entries = user.baselines.clone();
-        entries.sort_unstable();
-        writes.push(&user.legacy_id, &baseline::pack(&entries));
+        writes.push(&user.legacy_id, &user.baselines);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MigratedRule;
+    use crate::profile::LegacyRecordBuilder;
+
+    fn line(id: u32, name: &str) -> String {
+        format!(
+            r#"{{"user_id":"auth0|{id}","name":"{name}","identities":[{{"connection":"db"}}]}}"#
+        )
+    }
+
+    fn insert(table: &LegacyTable, id: u32, name: &str) {
+        let mut record = LegacyRecordBuilder::default();
+        record.text(Field::Name, name);
+        let inserted = table.insert(&id.to_string(), record.finish().as_bytes());
+        assert!(matches!(inserted, Ok(super::super::table::Inserted::New)));
+    }
+
+    /// Profiles that arrive before their legacy rows are parked and still joined with them;
+    /// those without a row end as orphans; the counts equal a join after the read.
+    #[test]
+    fn profiles_ahead_of_their_rows_are_joined_once_the_rows_are_in() {
+        let table = LegacyTable::default();
+        let progress = LegacyProgress::default();
+        let counters = Counters::default();
+        let filter = ExportFilter {
+            connection: "db".into(),
+            migrated: MigratedRule::Always,
+        };
+        let policy = PushPolicy {
+            import_mode: true,
+            migrated_fields: crate::push::plan::DEFAULT_MIGRATED_FIELDS.to_vec(),
+            legacy_has_email_verified: false,
+        };
+        let context = JoinContext {
+            fields: &[Field::Name],
+            filter: &filter,
+            policy: &policy,
+            orphans: OrphanAction::Report,
+            counters: &counters,
+        };
+        // Rows 1-3 are in before the export; 4-6 arrive while it is joined; 7 has no row.
+        for id in 1..=3 {
+            insert(&table, id, "Same");
+        }
+        let export: String = (1..=7)
+            .map(|id| line(id, if id % 2 == 0 { "Old" } else { "Same" }) + "\n")
+            .collect();
+        let joined = std::thread::scope(|scope| {
+            let joining =
+                scope.spawn(|| join("test", export.as_bytes(), &table, &context, &progress));
+            // The join cannot finish before the legacy side does.
+            while progress.parked_bytes.load(Ordering::Relaxed) == 0 {
+                std::thread::yield_now();
+            }
+            assert!(!joining.is_finished());
+            for id in 4..=6 {
+                insert(&table, id, "Same");
+            }
+            progress.finish(true);
+            joining.join().unwrap()
+        })
+        .unwrap();
+        let summary = &joined.summary;
+        assert_eq!(summary.auth0_users, 7);
+        assert_eq!((summary.in_sync, summary.stranded), (3, 3), "{summary:?}");
+        assert_eq!(summary.orphaned, 1);
+        assert_eq!(summary.not_migrated, 0);
+        let mut stranded: Vec<&str> = joined
+            .planned
+            .iter()
+            .map(|p| p.legacy_id.as_str())
+            .collect();
+        stranded.sort_unstable();
+        assert_eq!(stranded, ["2", "4", "6"]);
+    }
+
+    #[test]
+    fn a_failed_legacy_read_stops_the_join() {
+        let table = LegacyTable::default();
+        let progress = LegacyProgress::default();
+        progress.finish(false);
+        let counters = Counters::default();
+        let filter = ExportFilter {
+            connection: "db".into(),
+            migrated: MigratedRule::Always,
+        };
+        let policy = PushPolicy {
+            import_mode: true,
+            migrated_fields: Vec::new(),
+            legacy_has_email_verified: false,
+        };
+        let context = JoinContext {
+            fields: &[Field::Name],
+            filter: &filter,
+            policy: &policy,
+            orphans: OrphanAction::Report,
+            counters: &counters,
+        };
+        let export = line(1, "x") + "\n";
+        let Err(error) = join("test", export.as_bytes(), &table, &context, &progress) else {
+            panic!("the join went on after the legacy read failed");
+        };
+        assert!(error.to_string().contains("legacy read failed"), "{error}");
     }
 }
