@@ -121,7 +121,11 @@ fn split(bytes: &[u8]) -> (&str, &[u8]) {
 pub struct Planned {
     pub auth0_id: String,
     pub legacy_id: String,
-    pub plan: UserPlan,
+    /// The PATCH bodies as JSON text (a tree per planned user would cost hundreds of bytes
+    /// each in a large run); parsed again only when sent.
+    pub bodies: Vec<Box<str>>,
+    /// The keys the bodies set, with the hash of their legacy value, for the baselines.
+    pub keys: Vec<(String, i64)>,
     /// The user's baseline set after this run's agreeing keys, packed; pushed keys are added
     /// to it, and it is written at the end of the run.
     pub baselines: Box<[u8]>,
@@ -445,10 +449,14 @@ impl Joined {
         };
         let taken_as = table.take(user.legacy_id, taken, legacy_done, rejoin);
         if let Taken::Parked = taken_as {
+            // Kept in a minimal form: many parked profiles are orphans that wait to the end.
+            let minimal = export::minimal_line(&user, context.fields, context.filter);
             if let Phase::Streaming(legacy) = phase {
-                legacy.parked_bytes.fetch_add(line.len(), Ordering::Relaxed);
+                legacy
+                    .parked_bytes
+                    .fetch_add(minimal.len(), Ordering::Relaxed);
             }
-            self.parked.push((number, line.into()));
+            self.parked.push((number, minimal.into_boxed_slice()));
             return Ok(());
         }
         self.summary.auth0_users += 1;
@@ -568,7 +576,12 @@ impl Joined {
             self.planned.push(Planned {
                 auth0_id: auth0_id.to_owned(),
                 legacy_id: legacy_id.to_owned(),
-                plan,
+                bodies: plan
+                    .bodies
+                    .into_iter()
+                    .map(|body| serde_json::Value::Object(body).to_string().into())
+                    .collect(),
+                keys: plan.keys,
                 baselines,
             });
         }
@@ -661,7 +674,7 @@ fn unchanged(keys: &[KeyValues], stored: PackedBaselines<'_>, fields: &[Field]) 
 /// Adds the baselines of pushed keys to a planned user's set.
 pub fn record_pushed(planned: &mut Planned) {
     let mut entries = PackedBaselines(&planned.baselines).entries();
-    for (key, hash) in &planned.plan.keys {
+    for (key, hash) in &planned.keys {
         match entries.iter_mut().find(|(name, _)| name == key) {
             Some(entry) => entry.1 = *hash,
             None => entries.push((key.clone(), *hash)),

@@ -535,7 +535,12 @@ impl PushPhase<'_> {
             .map(|(&index, &plan_index)| PushTask {
                 index,
                 auth0_id: planned[plan_index].auth0_id.clone(),
-                bodies: planned[plan_index].plan.bodies.clone(),
+                bodies: planned[plan_index]
+                    .bodies
+                    .iter()
+                    // `join` wrote each from a JSON object: they parse.
+                    .filter_map(|body| serde_json::from_str(body).ok())
+                    .collect(),
             })
             .collect();
         let started = Instant::now();
