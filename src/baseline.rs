@@ -350,7 +350,12 @@ fn next_entry(bytes: &[u8]) -> Option<((StoredKey<'_>, i64), &[u8])> {
 
 /// Packs (key, hash) pairs (keys `field` or `field.key`) into the stored form.
 pub fn pack(entries: &[(String, i64)]) -> Box<[u8]> {
-    let mut packed = Vec::with_capacity(entries.len() * 12);
+    pack_pairs(entries.iter().map(|(key, hash)| (key.as_str(), *hash)))
+}
+
+/// [`pack`] for borrowed keys.
+pub fn pack_pairs<'a>(entries: impl IntoIterator<Item = (&'a str, i64)>) -> Box<[u8]> {
+    let mut packed = Vec::with_capacity(96);
     for (key, hash) in entries {
         let tag_at = packed.len();
         let field_and_name = match key.split_once('.') {
@@ -372,7 +377,7 @@ pub fn pack(entries: &[(String, i64)]) -> Box<[u8]> {
                 packed.extend_from_slice(key.as_bytes());
             }
         }
-        match CODED_HASHES.iter().position(|coded| coded == hash) {
+        match CODED_HASHES.iter().position(|coded| *coded == hash) {
             Some(code) => {
                 packed[tag_at] |= CODED_TAG;
                 packed.push(code as u8);

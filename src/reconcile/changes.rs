@@ -123,9 +123,7 @@ pub(super) async fn run(
                 if let Some(entries) =
                     joined.match_user(&context, &record.view(), baselines.get(legacy_id), &user)
                 {
-                    joined
-                        .baseline_changes
-                        .push(legacy_id, &crate::baseline::pack(&entries));
+                    joined.baseline_changes.push(legacy_id, &entries);
                 }
                 matched = true;
                 Ok(())

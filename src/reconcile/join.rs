@@ -468,8 +468,8 @@ impl Joined {
             Taken::Legacy => {
                 let new_set =
                     self.match_user(context, &taken.legacy(), Some(taken.baselines()), &user);
-                if let Some(entries) = new_set {
-                    table.set_new_baselines(user.legacy_id, &baseline::pack(&entries));
+                if let Some(packed) = new_set {
+                    table.set_new_baselines(user.legacy_id, &packed);
                 }
             }
             Taken::Missing => self.unmatched(context, &user),
@@ -495,7 +495,7 @@ impl Joined {
     }
 
     /// Classifies a user present on both sides and plans its push; returns the user's new
-    /// baseline set when it changed and no push is planned (a planned user's set travels with
+    /// baseline set, packed, when it changed and no push is planned (a planned user's set travels with
     /// its plan, to be written after the push).
     #[must_use]
     pub fn match_user(
@@ -504,7 +504,7 @@ impl Joined {
         legacy: &LegacyView<'_>,
         stored: Option<PackedBaselines<'_>>,
         user: &Auth0User<'_>,
-    ) -> Option<Vec<(String, i64)>> {
+    ) -> Option<Box<[u8]>> {
         let stored = stored.unwrap_or_default();
         let verdict = classify::classify(context.fields, Some(legacy), Some(user), Some(stored));
         let plan = (verdict.status == Status::Stranded).then(|| {
@@ -518,10 +518,7 @@ impl Joined {
         let planned = plan.as_ref().is_some_and(|plan| !plan.bodies.is_empty());
         let new_set = new_baselines(&verdict.keys, stored, context.fields);
         if planned {
-            let set = match new_set {
-                Some(entries) => baseline::pack(&entries),
-                None => stored.0.into(),
-            };
+            let set = new_set.unwrap_or_else(|| stored.0.into());
             self.record(user.auth0_id, user.legacy_id, verdict, plan, set);
             None
         } else {
@@ -609,14 +606,29 @@ fn block_plan(auth0: &Profile<'_>) -> UserPlan {
     }
 }
 
-/// The user's new baseline set, or `None` when the stored one stands: agreeing keys take the
+/// The user's new baseline set, packed, or `None` when the stored one stands: agreeing keys take the
 /// agreed value, differing keys keep what is stored, metadata keys that neither side has any
 /// more are forgotten.
 fn new_baselines(
     keys: &[KeyValues],
     stored: PackedBaselines<'_>,
     fields: &[Field],
-) -> Option<Vec<(String, i64)>> {
+) -> Option<Box<[u8]>> {
+    if stored.is_empty() {
+        // A user's first set (every user in a first run): the agreeing keys, packed straight
+        // from the keys; a metadata key absent on both sides needs no baseline.
+        let agreed = || {
+            keys.iter().filter(|key| {
+                let absent_metadata_key =
+                    key.legacy == baseline::no_value() && key.key.contains('.');
+                key.legacy == key.auth0 && !absent_metadata_key
+            })
+        };
+        return agreed()
+            .next()
+            .is_some()
+            .then(|| baseline::pack_pairs(agreed().map(|key| (&*key.key, key.legacy))));
+    }
     if unchanged(keys, stored, fields) {
         return None;
     }
@@ -648,7 +660,7 @@ fn new_baselines(
         _ => true,
     });
     entries.sort_unstable();
-    (entries != before).then_some(entries)
+    (entries != before).then(|| baseline::pack(&entries))
 }
 
 /// Whether the stored set already holds every agreeing key with its value and nothing to
