@@ -180,16 +180,28 @@ pub fn join(
     let stop = AtomicBool::new(false);
     let (sender, receiver) = std::sync::mpsc::sync_channel::<Chunk>(WORKERS * 2);
     let receiver = Mutex::new(receiver);
+    // Emptied chunk buffers go back to the producer instead of the allocator.
+    let (recycle, recycled) = std::sync::mpsc::channel::<Vec<u8>>();
     let (produced, results) = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..WORKERS)
             .map(|_| {
-                scope.spawn(|| {
+                let recycle = recycle.clone();
+                let (receiver, stop) = (&receiver, &stop);
+                scope.spawn(move || {
                     yield_to_legacy_side();
-                    work(source_name, &receiver, table, context, legacy, &stop)
+                    work(
+                        source_name,
+                        receiver,
+                        &recycle,
+                        table,
+                        context,
+                        legacy,
+                        stop,
+                    )
                 })
             })
             .collect();
-        let produced = produce(source_name, input, &sender, &stop);
+        let produced = produce(source_name, input, &sender, &recycled, &stop);
         drop(sender);
         let results: Vec<_> = workers.into_iter().map(|worker| worker.join()).collect();
         (produced, results)
@@ -281,6 +293,7 @@ fn produce(
     source_name: &str,
     mut input: impl BufRead,
     sender: &SyncSender<Chunk>,
+    recycled: &Receiver<Vec<u8>>,
     stop: &AtomicBool,
 ) -> Result<(), LineError> {
     let mut next_line = 1;
@@ -318,7 +331,11 @@ fn produce(
         }
         match pending.iter().rposition(|&byte| byte == b'\n') {
             Some(end) => {
-                let rest = pending[end + 1..].to_vec();
+                let mut rest = recycled
+                    .try_recv()
+                    .unwrap_or_else(|_| Vec::with_capacity(CHUNK_BYTES * 2));
+                rest.clear();
+                rest.extend_from_slice(&pending[end + 1..]);
                 pending.truncate(end + 1);
                 let lines = pending.iter().filter(|&&byte| byte == b'\n').count() as u64;
                 let chunk = Chunk {
@@ -345,6 +362,7 @@ fn produce(
 fn work(
     source_name: &str,
     receiver: &Mutex<Receiver<Chunk>>,
+    recycle: &std::sync::mpsc::Sender<Vec<u8>>,
     table: &LegacyTable,
     context: &JoinContext<'_>,
     legacy: &LegacyProgress,
@@ -384,6 +402,8 @@ fn work(
             stop.store(true, Ordering::Relaxed);
             return Err(error);
         }
+        // The producer may have finished already: then the buffer is simply freed.
+        let _ = recycle.send(chunk.bytes);
     }
 }
 
