@@ -10,8 +10,6 @@
 
 use std::borrow::Cow;
 
-use std::collections::BTreeMap;
-
 use serde_json::value::RawValue;
 use serde_json::{Map, Value as Json};
 
@@ -58,7 +56,7 @@ pub fn key_values(
                 let legacy_object = raw_object(legacy.get(field));
                 let auth0_object = raw_object(auth0.get(field));
                 let prefix = format!("{}.", field.name());
-                let mut names: Vec<&str> = legacy_object.keys().map(|name| name.as_ref()).collect();
+                let mut names: Vec<&str> = legacy_object.keys().collect();
                 for &(extra_field, name) in extra_metadata_keys {
                     if extra_field == field && !names.contains(&name) {
                         names.push(name);
@@ -68,18 +66,8 @@ pub fn key_values(
                 for name in names {
                     keys.push(KeyValues {
                         key: Cow::Owned(format!("{prefix}{name}")),
-                        legacy: hash(
-                            legacy_object
-                                .get(name)
-                                .and_then(|raw| canonical_raw(raw))
-                                .as_deref(),
-                        ),
-                        auth0: hash(
-                            auth0_object
-                                .get(name)
-                                .and_then(|raw| canonical_raw(raw))
-                                .as_deref(),
-                        ),
+                        legacy: hash(legacy_object.get(name).and_then(canonical_raw).as_deref()),
+                        auth0: hash(auth0_object.get(name).and_then(canonical_raw).as_deref()),
                     });
                 }
             }
@@ -131,10 +119,57 @@ pub(crate) fn object(value: Option<&Value<'_>>) -> Map<String, Json> {
 }
 
 /// A metadata object's first-level values, borrowed from its text (no tree is built).
-fn raw_object<'a>(value: Option<&'a Value<'_>>) -> BTreeMap<Cow<'a, str>, &'a RawValue> {
+fn raw_object<'a>(value: Option<&'a Value<'_>>) -> RawObject<'a> {
     match value {
         Some(Value::Object(text)) => serde_json::from_str(text).unwrap_or_default(),
-        _ => BTreeMap::new(),
+        _ => RawObject::default(),
+    }
+}
+
+/// An object's first-level members, borrowed from its text and sorted by key: no tree and no
+/// allocation per key (unless a key has escapes). A repeated key keeps its last value, as a
+/// JSON parser building a map would.
+#[derive(Default)]
+struct RawObject<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'a> RawObject<'a> {
+    fn get(&self, name: &str) -> Option<&'a RawValue> {
+        self.0
+            .binary_search_by(|(key, _)| (**key).cmp(name))
+            .ok()
+            .map(|index| self.0[index].1)
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(key, _)| &**key)
+    }
+}
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for RawObject<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visitor<'a> {
+            type Value = RawObject<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut members: A,
+            ) -> Result<RawObject<'a>, A::Error> {
+                let mut pairs = Vec::new();
+                while let Some(crate::export::Text(key)) = members.next_key()? {
+                    let value: &'a RawValue = members.next_value()?;
+                    pairs.push((key, value));
+                }
+                // Last value first, so that the stable sort and dedup keep it.
+                pairs.reverse();
+                pairs.sort_by(|(a, _), (b, _)| a.cmp(b));
+                pairs.dedup_by(|(later, _), (kept, _)| later == kept);
+                Ok(RawObject(pairs))
+            }
+        }
+        deserializer.deserialize_map(Visitor(std::marker::PhantomData))
     }
 }
 
@@ -391,6 +426,22 @@ pub fn pack_pairs<'a>(entries: impl IntoIterator<Item = (&'a str, i64)>) -> Box<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn raw_objects_are_sorted_keep_the_last_repeated_key_and_unescape_keys() {
+        let text = Value::Object(Cow::Borrowed(r#"{"b":1,"a":[2],"b":3,"c\u0041":{"x":4}}"#));
+        let object = raw_object(Some(&text));
+        assert_eq!(object.keys().collect::<Vec<_>>(), ["a", "b", "cA"]);
+        assert_eq!(object.get("b").map(RawValue::get), Some("3"));
+        assert_eq!(object.get("cA").map(RawValue::get), Some(r#"{"x":4}"#));
+        assert!(object.get("z").is_none());
+        assert!(
+            raw_object(Some(&Value::Object(Cow::Borrowed("[1]"))))
+                .keys()
+                .next()
+                .is_none()
+        );
+    }
 
     #[test]
     fn packed_sets_round_trip_every_kind_of_key() {

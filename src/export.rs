@@ -87,7 +87,7 @@ struct Line<'a> {
     #[serde(borrow)]
     app_metadata: Option<&'a RawValue>,
     #[serde(borrow)]
-    identities: Option<Vec<Identity<'a>>>,
+    identities: Option<FirstIdentity<'a>>,
     #[serde(borrow)]
     connection: Option<Text<'a>>,
     #[serde(borrow, rename = "identities[0].connection")]
@@ -96,7 +96,7 @@ struct Line<'a> {
 
 /// A JSON string borrowed from the line when it has no escapes. (serde only borrows a bare
 /// `Cow<str>` field, not one inside an `Option`, hence this type.)
-struct Text<'a>(Cow<'a, str>);
+pub(crate) struct Text<'a>(pub(crate) Cow<'a, str>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -124,6 +124,31 @@ impl std::ops::Deref for Text<'_> {
     type Target = str;
     fn deref(&self) -> &str {
         &self.0
+    }
+}
+
+/// The first element of `identities` (the user's own connection), read without collecting
+/// the array: no allocation per line.
+struct FirstIdentity<'a>(Option<Identity<'a>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for FirstIdentity<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visitor<'a> {
+            type Value = FirstIdentity<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an array of identities")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut items: A,
+            ) -> Result<FirstIdentity<'a>, A::Error> {
+                let first = items.next_element::<Identity<'a>>()?;
+                while items.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(FirstIdentity(first))
+            }
+        }
+        deserializer.deserialize_seq(Visitor(std::marker::PhantomData))
     }
 }
 
@@ -388,7 +413,7 @@ fn interpret<'a>(line: Line<'a>, filter: &ExportFilter) -> Result<Interpreted<'a
     let connection = line
         .identities
         .as_ref()
-        .and_then(|identities| identities.first())
+        .and_then(|identities| identities.0.as_ref())
         .and_then(|identity| identity.connection.as_deref())
         .or(line.first_identity_connection.as_deref())
         .or(line.connection.as_deref());
