@@ -49,7 +49,7 @@ pub fn key_values(
     auth0: &Profile<'_>,
     extra_metadata_keys: &[(Field, &str)],
 ) -> Vec<KeyValues> {
-    let mut keys = Vec::new();
+    let mut keys = Vec::with_capacity(fields.len() + 4);
     for &field in fields {
         match field.kind() {
             Kind::Object => {

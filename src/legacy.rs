@@ -221,6 +221,24 @@ pub async fn describe(client: &mut Client, query: &str) -> Result<Columns, Legac
     Columns::check(statement.columns())
 }
 
+/// PostgreSQL's estimate of the rows the query returns (its planner's `rows=`, from the
+/// table statistics), to size the table they go into; `None` when there is none. The query is
+/// planned, not run.
+pub async fn estimate_rows(client: &mut Client, query: &str) -> Option<u64> {
+    let transaction = read_only(client).await.ok()?;
+    let inner = query.trim().trim_end_matches(';');
+    let plan = transaction
+        .query(&format!("EXPLAIN {inner}"), &[])
+        .await
+        .ok()?;
+    let first: &str = plan.first()?.try_get(0).ok()?;
+    let rows = first.split("rows=").nth(1)?;
+    rows.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Runs the query with `LIMIT 0` in a read-only transaction: proves that it executes,
 /// privileges included, without reading a row.
 pub async fn run_empty(client: &mut Client, query: &str) -> Result<(), LegacyError> {

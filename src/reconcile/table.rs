@@ -235,6 +235,20 @@ pub enum Inserted {
 }
 
 impl LegacyTable {
+    /// A table sized for about `rows` legacy rows (an estimate: it grows past it).
+    pub fn with_capacity(rows: u64) -> LegacyTable {
+        let table = LegacyTable::default();
+        // Capped, so that a wild estimate cannot reserve gigabytes up front.
+        let per_shard = (rows.min(100_000_000) as usize / SHARDS) * 21 / 20 + 16;
+        for shard in &table.shards {
+            shard
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .reserve(per_shard, |entry| table.hash(entry.id_bytes()));
+        }
+        table
+    }
+
     fn hash(&self, id: &[u8]) -> u64 {
         self.hasher.hash_one(id)
     }
@@ -343,20 +357,23 @@ impl LegacyTable {
         }
     }
 
-    /// Empties the table, keeping only the entries with a new baseline set.
-    pub fn into_new_baselines(self) -> Vec<Entry> {
-        let mut kept = Vec::new();
+    /// Empties the table: the entries with a new baseline set, and the others (for the caller
+    /// to free when it suits it).
+    pub fn into_new_baselines(self) -> (Vec<Entry>, Vec<Entry>) {
+        let (mut kept, mut rest) = (Vec::new(), Vec::new());
         for shard in self.shards {
             let shard = shard
                 .into_inner()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            kept.extend(
-                shard
-                    .into_iter()
-                    .filter(|entry| entry.new_baselines().is_some()),
-            );
+            for entry in shard {
+                if entry.new_baselines().is_some() {
+                    kept.push(entry);
+                } else {
+                    rest.push(entry);
+                }
+            }
         }
-        kept
+        (kept, rest)
     }
 
     /// The legacy users never taken.
@@ -445,6 +462,7 @@ mod tests {
         table.set_new_baselines("2", &long);
         let mut sets: Vec<(String, Vec<u8>)> = table
             .into_new_baselines()
+            .0
             .iter()
             .map(|entry| {
                 (
