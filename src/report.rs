@@ -283,7 +283,7 @@ pub fn write_atomically(
     ));
     let result = (|| {
         let file = std::fs::File::create(&temporary)?;
-        let mut writer = io::BufWriter::new(file);
+        let mut writer = io::BufWriter::with_capacity(1 << 20, file);
         write(&mut writer)?;
         let file = writer.into_inner().map_err(|error| error.into_error())?;
         file.sync_all()?;
