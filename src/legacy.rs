@@ -14,7 +14,7 @@ use tokio_postgres::{Client, NoTls, Row};
 use crate::profile::{Field, Kind, LegacyRecord, LegacyRecordBuilder};
 
 /// Rows fetched per round trip.
-const BATCH_ROWS: i32 = 5_000;
+const BATCH_ROWS: i32 = 50_000;
 
 /// The longest legacy value accepted. No Auth0 profile attribute holds more (metadata is
 /// limited to 16 KB, strings to far less): a longer value is damaged data, never pushed.
