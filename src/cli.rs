@@ -235,6 +235,10 @@ async fn reconcile_command(config: &Config, args: ReconcileArgs) -> anyhow::Resu
         progress: true,
         push: args.push,
         max_push_fraction: args.max_push_fraction,
+        report_file: args
+            .output
+            .clone()
+            .map(|path| (path, Format::from(args.format))),
         export: ExportOptions::from_config(&config.cache),
         retry: RetryPolicy::from_config(&config.auth0),
         ..RunOptions::default()
@@ -249,12 +253,15 @@ async fn reconcile_command(config: &Config, args: ReconcileArgs) -> anyhow::Resu
         // Written whatever the outcome: a failed run is exactly what an alert must see.
         crate::metrics::write_file(handle, path)?;
     }
-    let report = result?;
+    let mut report = result?;
     let format = Format::from(args.format);
-    match &args.output {
-        Some(path) => report::write_atomically(path, |out| report.render(format, out))
+    match (&args.output, report.prepared.take()) {
+        (Some(path), Some(prepared)) => prepared
+            .commit()
             .with_context(|| format!("cannot write the report to {}", path.display()))?,
-        None => {
+        (Some(path), None) => report::write_atomically(path, |out| report.render(format, out))
+            .with_context(|| format!("cannot write the report to {}", path.display()))?,
+        (None, _) => {
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
             report

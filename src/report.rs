@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use serde_json::Value as Json;
@@ -26,6 +26,10 @@ pub struct Report {
     pub run: RunInfo,
     pub summary: Summary,
     pub users: Vec<UserEntry>,
+    /// The report file, written while the state was updated, for the caller to put in place
+    /// (`RunOptions::report_file`).
+    #[serde(skip)]
+    pub prepared: Option<PreparedFile>,
 }
 
 #[derive(Debug, Serialize)]
@@ -269,6 +273,44 @@ pub fn write_atomically(
     path: &Path,
     write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
 ) -> io::Result<()> {
+    prepare_atomically(path, write)?.commit()
+}
+
+/// A file written and synced under a temporary name beside its path: [`PreparedFile::commit`]
+/// renames it into place; dropped uncommitted, it is removed (a run that fails after writing
+/// its report leaves no report).
+#[derive(Debug)]
+pub struct PreparedFile {
+    temporary: PathBuf,
+    path: PathBuf,
+    committed: bool,
+}
+
+impl PreparedFile {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn commit(mut self) -> io::Result<()> {
+        std::fs::rename(&self.temporary, &self.path)?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for PreparedFile {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.temporary);
+        }
+    }
+}
+
+/// Writes `path`'s content under a temporary name, for [`PreparedFile::commit`].
+pub fn prepare_atomically(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<PreparedFile> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
@@ -276,21 +318,19 @@ pub fn write_atomically(
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a file name"))?;
-    let temporary = dir.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let file = std::fs::File::create(&temporary)?;
-        let mut writer = io::BufWriter::with_capacity(1 << 20, file);
-        write(&mut writer)?;
-        let file = writer.into_inner().map_err(|error| error.into_error())?;
-        file.sync_all()?;
-        std::fs::rename(&temporary, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temporary);
-    }
-    result
+    let prepared = PreparedFile {
+        temporary: dir.join(format!(
+            ".{}.tmp-{}",
+            name.to_string_lossy(),
+            std::process::id()
+        )),
+        path: path.to_owned(),
+        committed: false,
+    };
+    let file = std::fs::File::create(&prepared.temporary)?;
+    let mut writer = io::BufWriter::with_capacity(1 << 20, file);
+    write(&mut writer)?;
+    let file = writer.into_inner().map_err(|error| error.into_error())?;
+    file.sync_all()?;
+    Ok(prepared)
 }

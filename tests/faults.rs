@@ -20,6 +20,11 @@ use driftsync::simulator::{BucketLimit, Faults, JobFault, Limits, SimulatorConfi
 use driftsync::state::StateStore;
 use serde_json::{Value, json};
 
+/// The rate-limit test measures pacing against wall-clock time, which a CPU starved by the
+/// other tests of this file (process kills, restarts, 20k-row reads) would distort: it runs
+/// alone (write), the others together (read).
+static PACING: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 const PUSH: [&str; 6] = [
     "reconcile",
     "--format",
@@ -79,6 +84,7 @@ fn assert_failed_cleanly(app: &App, run: &Run, needles: &[&str]) {
 
 #[tokio::test]
 async fn a_429_storm_and_a_tight_bucket_never_make_the_client_overdraw() {
+    let _pacing = PACING.write().await;
     let config = SimulatorConfig {
         limits: Limits {
             users_read: BucketLimit {
@@ -132,6 +138,7 @@ async fn a_429_storm_and_a_tight_bucket_never_make_the_client_overdraw() {
 
 #[tokio::test]
 async fn server_errors_and_dropped_connections_are_retried() {
+    let _pacing = PACING.read().await;
     let tenant = Tenant::new(1_500, SimulatorConfig::default(), true).await;
     let clean = tenant.reconcile();
     // With 6 attempts, a request fails for good with probability (1 - 0.85²)⁶ ≈ 0.05 %.
@@ -146,6 +153,7 @@ async fn server_errors_and_dropped_connections_are_retried() {
 
 #[tokio::test]
 async fn stalled_requests_time_out_and_are_retried() {
+    let _pacing = PACING.read().await;
     let tenant = Tenant::new(300, SimulatorConfig::default(), true).await;
     tenant.config_full(
         "export",
@@ -178,6 +186,7 @@ async fn stalled_requests_time_out_and_are_retried() {
 
 #[tokio::test]
 async fn a_server_that_never_answers_fails_the_run_clearly_and_in_bounded_time() {
+    let _pacing = PACING.read().await;
     let tenant = Tenant::new(300, SimulatorConfig::default(), true).await;
     tenant.config_full(
         "export",
@@ -218,6 +227,7 @@ async fn a_server_that_never_answers_fails_the_run_clearly_and_in_bounded_time()
 
 #[tokio::test]
 async fn tokens_are_renewed_before_expiry_and_after_a_401() {
+    let _pacing = PACING.read().await;
     let config = SimulatorConfig {
         token_lifetime: Duration::from_secs(1),
         export_pending: Duration::from_millis(1_200),
@@ -246,6 +256,7 @@ async fn tokens_are_renewed_before_expiry_and_after_a_401() {
 
 #[tokio::test]
 async fn a_token_revoked_mid_run_is_replaced_once_and_revoked_credentials_stop_the_run() {
+    let _pacing = PACING.read().await;
     let tenant = Tenant::new(300, SimulatorConfig::default(), true).await;
     let clean = tenant.reconcile();
     let tokens = tenant.sim.stats().token_requests;
@@ -329,6 +340,7 @@ async fn export_job_fault(fault: JobFault, cache_extra: &str, needles: &[&str]) 
 
 #[tokio::test]
 async fn a_failed_export_job_stops_the_run_naming_the_job() {
+    let _pacing = PACING.read().await;
     export_job_fault(
         JobFault::Fail,
         "",
@@ -339,6 +351,7 @@ async fn a_failed_export_job_stops_the_run_naming_the_job() {
 
 #[tokio::test]
 async fn an_export_job_that_never_completes_is_abandoned_after_the_configured_wait() {
+    let _pacing = PACING.read().await;
     let elapsed = export_job_fault(
         JobFault::NeverComplete,
         "export_timeout_seconds = 2",
@@ -361,6 +374,7 @@ async fn an_export_job_that_never_completes_is_abandoned_after_the_configured_wa
 
 #[tokio::test]
 async fn a_legacy_backend_killed_mid_read_fails_cleanly_and_the_next_run_succeeds() {
+    let _pacing = PACING.read().await;
     let app = App::new().await;
     // 20,000 rows read in batches of 5,000, with a pause every 2,000 rows: the read takes
     // about 1.5 s, and the backend is killed in the middle of it.
@@ -552,6 +566,7 @@ fn assert_each_user_patched_once(tenant: &Tenant, expected_users: u64) {
 
 #[tokio::test]
 async fn a_full_state_disk_fails_naming_the_state_file_and_loses_nothing() {
+    let _pacing = PACING.read().await;
     let (tenant, mount, state) = tenant_with_state_on_tmpfs(1_500, "8m").await;
     let stranded = tenant.set.expected().stranded;
     let state_text = state.display().to_string();
@@ -616,6 +631,7 @@ fn fill(path: &Path, bytes: usize) {
 
 #[tokio::test]
 async fn a_read_only_state_disk_fails_naming_the_state_file_and_loses_nothing() {
+    let _pacing = PACING.read().await;
     let (tenant, mount, state) = tenant_with_state_on_tmpfs(1_000, "16m").await;
     let first = tenant.reconcile();
     let stranded = first["summary"]["stranded"].as_u64().unwrap();
@@ -727,6 +743,7 @@ fn push_to_completion(tenant: &Tenant, extra: &[&str]) -> Value {
 
 #[tokio::test]
 async fn sigterm_lets_requests_in_flight_finish_and_the_next_run_completes() {
+    let _pacing = PACING.read().await;
     let tenant = busy_tenant(400, 200.0).await;
     let child = spawn_push(&tenant, &[]);
     wait_for_patches(&tenant, 100).await;
@@ -783,6 +800,7 @@ fn journal_rows(path: &Path) -> Vec<(String, String, String)> {
 
 #[tokio::test]
 async fn sigkill_at_random_moments_of_a_push_never_loses_or_repeats_a_change() {
+    let _pacing = PACING.read().await;
     const ROUNDS: u32 = 20;
     const PER_ROUND: usize = 40;
     let seed = std::env::var("DRIFTSYNC_TEST_SEED")

@@ -179,5 +179,6 @@ pub(super) async fn run(
         run,
         summary,
         users,
+        prepared: None,
     })
 }

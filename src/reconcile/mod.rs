@@ -73,6 +73,12 @@ pub enum ReconcileError {
     ChangesNeedUpdatedAt,
     #[error("a worker stopped unexpectedly: {0}")]
     Worker(String),
+    #[error("cannot write the report to {}", path.display())]
+    ReportFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// What the command line adds to the configuration for one run.
@@ -87,6 +93,9 @@ pub struct RunOptions {
     pub push: bool,
     /// Overrides `reconcile.max_push_fraction` for this run.
     pub max_push_fraction: Option<f64>,
+    /// Where a full run writes its report (written while the state is updated; see
+    /// [`Report::prepared`]).
+    pub report_file: Option<(PathBuf, crate::report::Format)>,
     pub concurrency: usize,
     /// Cancelled on SIGTERM/SIGINT.
     pub stop: CancellationToken,
@@ -104,6 +113,7 @@ impl Default for RunOptions {
             retry: RetryPolicy::default(),
             push: false,
             max_push_fraction: None,
+            report_file: None,
             concurrency: apply::DEFAULT_CONCURRENCY,
             stop: CancellationToken::new(),
             store: None,
@@ -474,9 +484,40 @@ async fn run_recorded(
             .await?;
     }
 
-    let changed = with_store(store, |store| {
-        write_baselines(store, &mut baseline_changes, &planned, table_sets)
-    })?;
+    run.finished_at = timestamp::now_rfc3339();
+    let mut report = Report {
+        version: REPORT_VERSION,
+        run,
+        summary,
+        users,
+        prepared: None,
+    };
+    // The report file is written while the baselines are: neither waits for the other, and
+    // the file only takes its name once the whole run has succeeded.
+    let (changed, prepared) = std::thread::scope(|scope| {
+        let rendering = options.report_file.as_ref().map(|(path, format)| {
+            let report = &report;
+            scope.spawn(move || {
+                crate::report::prepare_atomically(path, |out| report.render(*format, out)).map_err(
+                    |source| ReconcileError::ReportFile {
+                        path: path.clone(),
+                        source,
+                    },
+                )
+            })
+        });
+        let changed = with_store(store, |store| {
+            write_baselines(store, &mut baseline_changes, &planned, table_sets)
+        });
+        let prepared = rendering.map(|rendering| {
+            rendering.join().unwrap_or_else(|_| {
+                Err(ReconcileError::Worker("the report writer panicked".into()))
+            })
+        });
+        (changed, prepared)
+    });
+    let changed = changed?;
+    report.prepared = prepared.transpose()?;
     if let Some(interrupted) = interrupted {
         return Err(interrupted);
     }
@@ -495,13 +536,7 @@ async fn run_recorded(
             "Management API use"
         );
     }
-    run.finished_at = timestamp::now_rfc3339();
-    Ok(Report {
-        version: REPORT_VERSION,
-        run,
-        summary,
-        users,
-    })
+    Ok(report)
 }
 
 /// The push step of a run: the fraction guard, then the journaled apply; outcomes go into the
