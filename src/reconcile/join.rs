@@ -735,6 +735,40 @@ mod tests {
         )
     }
 
+    /// What a join context borrows: names compared, every profile migrated, names pushable.
+    struct Parts {
+        counters: Counters,
+        filter: ExportFilter,
+        policy: PushPolicy,
+    }
+
+    impl Parts {
+        fn new() -> Parts {
+            Parts {
+                counters: Counters::default(),
+                filter: ExportFilter {
+                    connection: "db".into(),
+                    migrated: MigratedRule::Always,
+                },
+                policy: PushPolicy {
+                    import_mode: true,
+                    migrated_fields: crate::push::plan::DEFAULT_MIGRATED_FIELDS.to_vec(),
+                    legacy_has_email_verified: false,
+                },
+            }
+        }
+
+        fn context(&self) -> JoinContext<'_> {
+            JoinContext {
+                fields: &[Field::Name],
+                filter: &self.filter,
+                policy: &self.policy,
+                orphans: OrphanAction::Report,
+                counters: &self.counters,
+            }
+        }
+    }
+
     fn insert(table: &LegacyTable, id: u32, name: &str) {
         let mut record = LegacyRecordBuilder::default();
         record.text(Field::Name, name);
@@ -748,23 +782,8 @@ mod tests {
     fn profiles_ahead_of_their_rows_are_joined_once_the_rows_are_in() {
         let table = LegacyTable::default();
         let progress = LegacyProgress::default();
-        let counters = Counters::default();
-        let filter = ExportFilter {
-            connection: "db".into(),
-            migrated: MigratedRule::Always,
-        };
-        let policy = PushPolicy {
-            import_mode: true,
-            migrated_fields: crate::push::plan::DEFAULT_MIGRATED_FIELDS.to_vec(),
-            legacy_has_email_verified: false,
-        };
-        let context = JoinContext {
-            fields: &[Field::Name],
-            filter: &filter,
-            policy: &policy,
-            orphans: OrphanAction::Report,
-            counters: &counters,
-        };
+        let parts = Parts::new();
+        let context = parts.context();
         // Rows 1-3 are in before the export; 4-6 arrive while it is joined; 7 has no row.
         for id in 1..=3 {
             insert(&table, id, "Same");
@@ -806,23 +825,8 @@ mod tests {
         let table = LegacyTable::default();
         let progress = LegacyProgress::default();
         progress.finish(false);
-        let counters = Counters::default();
-        let filter = ExportFilter {
-            connection: "db".into(),
-            migrated: MigratedRule::Always,
-        };
-        let policy = PushPolicy {
-            import_mode: true,
-            migrated_fields: Vec::new(),
-            legacy_has_email_verified: false,
-        };
-        let context = JoinContext {
-            fields: &[Field::Name],
-            filter: &filter,
-            policy: &policy,
-            orphans: OrphanAction::Report,
-            counters: &counters,
-        };
+        let parts = Parts::new();
+        let context = parts.context();
         let export = line(1, "x") + "\n";
         let Err(error) = join("test", export.as_bytes(), &table, &context, &progress) else {
             panic!("the join went on after the legacy read failed");
