@@ -375,19 +375,61 @@ async fn an_export_job_that_never_completes_is_abandoned_after_the_configured_wa
 #[tokio::test]
 async fn a_legacy_backend_killed_mid_read_fails_cleanly_and_the_next_run_succeeds() {
     let _pacing = PACING.read().await;
+    legacy_fault_mid_read(LegacyFault::TerminateBackend).await;
+}
+
+#[tokio::test]
+async fn postgresql_restarted_mid_read_fails_cleanly_and_the_next_run_succeeds() {
+    let _pacing = PACING.read().await;
+    legacy_fault_mid_read(LegacyFault::RestartServer).await;
+}
+
+/// What happens to the legacy database in the middle of the read.
+enum LegacyFault {
+    /// `pg_terminate_backend` on the session (an administrator, an idle-session killer).
+    TerminateBackend,
+    /// The whole server restarts (a failover, an upgrade): on a private cluster, so that the
+    /// other tests' shared one stays up.
+    RestartServer,
+}
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+async fn legacy_fault_mid_read(fault: LegacyFault) {
     let app = App::new().await;
-    // 20,000 rows read in batches of 5,000, with a pause every 2,000 rows: the read takes
-    // about 1.5 s, and the backend is killed in the middle of it.
-    app.sql(
-        "CREATE TABLE big (id bigint PRIMARY KEY, email text NOT NULL);
+    let cluster = match fault {
+        LegacyFault::TerminateBackend => None,
+        LegacyFault::RestartServer => Some(
+            tokio::task::spawn_blocking(driftsync::demo::cluster::Cluster::start)
+                .await
+                .unwrap()
+                .expect("a private PostgreSQL cluster (initdb and pg_ctl must be installed)"),
+        ),
+    };
+    let url = cluster
+        .as_ref()
+        .map_or_else(|| app.db.url.clone(), |cluster| cluster.url());
+    // 20,000 rows with a pause every 2,000: the read takes about 1.5 s, and the fault lands
+    // in the middle of it.
+    connect(&url)
+        .await
+        .batch_execute(
+            "CREATE TABLE big (id bigint PRIMARY KEY, email text NOT NULL);
          INSERT INTO big SELECT g, 'u' || g || '@x.io' FROM generate_series(1, 20000) g;
          CREATE FUNCTION slow(id bigint) RETURNS bigint LANGUAGE plpgsql AS $$
          BEGIN
              IF id % 2000 = 0 THEN PERFORM pg_sleep(0.15); END IF;
              RETURN id;
          END $$;",
-    )
-    .await;
+        )
+        .await
+        .unwrap();
     let lines: Vec<Value> = (1..=100)
         .map(|id| {
             json!({"user_id": format!("auth0|{id}"), "email": format!("u{id}@x.io"),
@@ -400,6 +442,7 @@ async fn a_legacy_backend_killed_mid_read_fails_cleanly_and_the_next_run_succeed
         "[auth0]\nconnection = \"legacy-users\"\nmigrated = \"always\"\n\
          [cache]\nsource = \"file\"\nfile = \"export.ndjson\"",
     );
+    let legacy_url = [("DRIFTSYNC_LEGACY_URL", url.as_str())];
     let files_before: BTreeSet<PathBuf> = files(app.dir.path());
 
     let binary = env!("CARGO_BIN_EXE_driftsync");
@@ -414,11 +457,12 @@ async fn a_legacy_backend_killed_mid_read_fails_cleanly_and_the_next_run_succeed
             "--output",
             "report.json",
         ])
+        .envs(legacy_url)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let admin = app.db.client().await;
+    let admin = connect(&url).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     let pid: i32 = loop {
         let rows = admin
@@ -435,14 +479,24 @@ async fn a_legacy_backend_killed_mid_read_fails_cleanly_and_the_next_run_succeed
         assert!(Instant::now() < deadline, "the legacy query never started");
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    // Some batches are read by now; most are not.
+    // Some rows are read by now; most are not.
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let killed: bool = admin
-        .query_one("SELECT pg_terminate_backend($1)", &[&pid])
-        .await
-        .unwrap()
-        .get(0);
-    assert!(killed, "the read was still going on");
+    match &cluster {
+        None => {
+            let killed: bool = admin
+                .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+                .await
+                .unwrap()
+                .get(0);
+            assert!(killed, "the read was still going on");
+        }
+        Some(cluster) => {
+            drop(admin);
+            std::thread::scope(|scope| scope.spawn(|| cluster.restart()).join())
+                .unwrap()
+                .expect("restart PostgreSQL");
+        }
+    }
     let output = tokio::task::spawn_blocking(move || child.wait_with_output())
         .await
         .unwrap()
@@ -467,7 +521,10 @@ async fn a_legacy_backend_killed_mid_read_fails_cleanly_and_the_next_run_succeed
         .collect();
     assert!(new.is_empty(), "left behind: {new:?}");
 
-    let run = app.run(&["reconcile", "--format", "json", "--output", "report.json"]);
+    let run = app.run_with_env(
+        &["reconcile", "--format", "json", "--output", "report.json"],
+        &legacy_url,
+    );
     assert_eq!(run.code, 0, "{}", run.stderr);
     let report: Value =
         serde_json::from_slice(&std::fs::read(app.path("report.json")).unwrap()).unwrap();

@@ -24,6 +24,8 @@ pub struct Cluster {
     bin: PathBuf,
     port: u16,
     as_postgres: bool,
+    /// The server options, for a restart.
+    options: String,
 }
 
 impl Cluster {
@@ -39,11 +41,17 @@ impl Cluster {
         let step = |step: &'static str| move |detail: String| ClusterError::Step { step, detail };
         std::fs::create_dir_all(dir.join("data"))
             .map_err(|e| step("creating the directory")(e.to_string()))?;
+        let port = free_port().map_err(|e| step("finding a free port")(e.to_string()))?;
+        let options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            dir.join("data").display()
+        );
         let cluster = Cluster {
             dir,
             bin,
-            port: free_port().map_err(|e| step("finding a free port")(e.to_string()))?,
+            port,
             as_postgres,
+            options,
         };
         if as_postgres {
             run(Command::new("chown")
@@ -70,24 +78,32 @@ impl Cluster {
             .map_err(|e| e.to_string())
             .and_then(checked)
             .map_err(step("initdb"))?;
-        let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
-            cluster.port,
-            data.display()
-        );
         cluster
-            .pg("pg_ctl")
-            .arg("start")
+            .pg_ctl("start")
+            .map_err(step("starting PostgreSQL"))?;
+        Ok(cluster)
+    }
+
+    /// Restarts the server (fast shutdown: open sessions are ended), as an operator or a
+    /// failover would; for fault tests.
+    pub fn restart(&self) -> Result<(), ClusterError> {
+        self.pg_ctl("restart").map_err(|detail| ClusterError::Step {
+            step: "restarting PostgreSQL",
+            detail,
+        })
+    }
+
+    fn pg_ctl(&self, action: &str) -> Result<(), String> {
+        self.pg("pg_ctl")
+            .arg(action)
             .arg("-D")
-            .arg(&data)
-            .args(["-w", "-t", "60", "-l"])
-            .arg(cluster.dir.join("log"))
-            .args(["-o", &options])
+            .arg(self.dir.join("data"))
+            .args(["-m", "fast", "-w", "-t", "60", "-l"])
+            .arg(self.dir.join("log"))
+            .args(["-o", &self.options])
             .output()
             .map_err(|e| e.to_string())
             .and_then(checked)
-            .map_err(step("starting PostgreSQL"))?;
-        Ok(cluster)
     }
 
     pub fn url(&self) -> String {
