@@ -4,119 +4,14 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::app::App;
+use common::daemon::{Daemon, free_port};
 use common::tenant::{TABLE, Tenant};
 use driftsync::datagen::{self, DataSet};
 use driftsync::simulator::SimulatorConfig;
 use driftsync::state::StateStore;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Daemon {
-    child: Child,
-    port: u16,
-    log: std::path::PathBuf,
-}
-
-impl Daemon {
-    fn start(dir: &Path, config: &str) -> Daemon {
-        let log = dir.join(format!("{config}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_driftsync"))
-            .current_dir(dir)
-            .args(["--config", config, "daemon"])
-            .env("DRIFTSYNC_LOG", "driftsync=debug")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let text = std::fs::read_to_string(dir.join(config)).unwrap();
-        let port = text
-            .lines()
-            .find_map(|line| line.strip_prefix("listen = \"127.0.0.1:"))
-            .and_then(|rest| rest.trim_end_matches('"').parse().ok())
-            .expect("the config sets metrics.listen");
-        Daemon { child, port, log }
-    }
-
-    async fn metrics(&self) -> Option<HashMap<String, f64>> {
-        let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", self.port))
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        Some(
-            text.lines()
-                .filter(|line| !line.starts_with('#'))
-                .filter_map(|line| {
-                    let (name, value) = line.rsplit_once(' ')?;
-                    Some((name.to_owned(), value.parse().ok()?))
-                })
-                .collect(),
-        )
-    }
-
-    /// Waits until `metric` reaches `at_least`, and returns the scrape.
-    async fn wait_for(&self, metric: &str, at_least: f64) -> HashMap<String, f64> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(values) = self.metrics().await
-                && values.get(metric).copied().unwrap_or(0.0) >= at_least
-            {
-                return values;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{metric} never reached {at_least}:\n{}",
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    /// SIGTERM, then the exit code and how long it took.
-    async fn stop(mut self) -> (Option<i32>, Duration) {
-        self.signal("TERM");
-        let started = Instant::now();
-        let status = tokio::task::spawn_blocking(move || self.child.wait())
-            .await
-            .unwrap()
-            .unwrap();
-        (status.code(), started.elapsed())
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    /// A failing test must not leave a daemon running.
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
 
 const SUCCESS: &str = "driftsync_runs_total{kind=\"full\",outcome=\"success\"}";
 

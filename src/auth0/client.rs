@@ -202,6 +202,13 @@ impl Auth0Client {
                 Err(error) => {
                     self.limiter.abandon(&permit);
                     metrics::api_request(endpoint, "error");
+                    if let Some(detail) = certificate_problem(&error) {
+                        return Err(Auth0Error::Certificate {
+                            method: method.to_string(),
+                            endpoint,
+                            detail,
+                        });
+                    }
                     Failure::Transport(self.transport_detail(error))
                 }
                 Ok(response) => {
@@ -335,6 +342,13 @@ impl Auth0Client {
                 Err(error) => {
                     self.limiter.abandon(&permit);
                     metrics::api_request("/oauth/token", "error");
+                    if let Some(detail) = certificate_problem(&error) {
+                        return Err(Auth0Error::Certificate {
+                            method: "POST".into(),
+                            endpoint: "/oauth/token",
+                            detail,
+                        });
+                    }
                     self.transport_detail(error)
                 }
                 Ok(response) => {
@@ -410,7 +424,12 @@ impl Auth0Client {
         let response = request
             .send()
             .await
-            .map_err(|error| DownloadFailure::Retry(error.without_url().to_string()))?;
+            .map_err(|error| match certificate_problem(&error) {
+                Some(detail) => DownloadFailure::Fatal(format!(
+                    "the download server's TLS certificate was refused: {detail}"
+                )),
+                None => DownloadFailure::Retry(error.without_url().to_string()),
+            })?;
         let status = response.status();
         match status {
             StatusCode::OK if offset == 0 => Ok(response),
@@ -437,12 +456,9 @@ impl Auth0Client {
                 self.retry.timeout.as_secs_f64()
             )
         } else {
-            let error = error.without_url();
-            // reqwest's own text ("error sending request") hides the cause in its source.
-            match std::error::Error::source(&error) {
-                Some(source) => format!("{error}: {source}"),
-                None => error.to_string(),
-            }
+            // reqwest's own text ("error sending request") and hyper's ("client error
+            // (Connect)") hide the cause deeper in the chain: say every link of it.
+            error_chain(&error.without_url())
         }
     }
 
@@ -451,6 +467,53 @@ impl Auth0Client {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// An error and its sources, "outer: inner: innermost", skipping a link whose text its
+/// outer one already ends with.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut next = error.source();
+    while let Some(current) = next {
+        let part = current.to_string();
+        if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        next = current.source();
+    }
+    text
+}
+
+/// The certificate error behind a failed exchange, if that is what it was. Retrying cannot
+/// fix a certificate, and six attempts of a TLS failure would hide the one thing the operator
+/// must read. rustls's error travels inside `io::Error`s, whose `source()` skips it, so each
+/// `io::Error` in the chain is opened as well.
+fn certificate_problem(error: &reqwest::Error) -> Option<String> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(link) = next {
+        // Connectors wrap the handshake's error in an io::Error, sometimes twice.
+        let mut candidate = link;
+        loop {
+            if let Some(
+                tls @ (rustls::Error::InvalidCertificate(_)
+                | rustls::Error::NoCertificatesPresented
+                | rustls::Error::UnsupportedNameType),
+            ) = candidate.downcast_ref::<rustls::Error>()
+            {
+                return Some(tls.to_string());
+            }
+            match candidate
+                .downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::get_ref)
+            {
+                Some(inner) => candidate = inner,
+                None => break,
+            }
+        }
+        next = link.source();
+    }
+    None
 }
 
 /// Why a download attempt failed.

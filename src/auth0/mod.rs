@@ -51,6 +51,14 @@ pub enum Auth0Error {
         attempts: u32,
         detail: String,
     },
+    #[error(
+        "{method} {endpoint}: the server's TLS certificate was refused: {detail} (driftsync verifies every certificate against the public web PKI roots and has no switch to skip that; check `auth0.domain`/`auth0.base_url`, or a proxy that intercepts TLS)"
+    )]
+    Certificate {
+        method: String,
+        endpoint: &'static str,
+        detail: String,
+    },
     #[error("{method} {endpoint}: still rate limited (429) after {attempts} waits")]
     Throttled {
         method: String,

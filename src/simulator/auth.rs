@@ -50,6 +50,10 @@ impl Tokens {
         }
     }
 
+    pub fn issued(&self) -> Vec<String> {
+        self.expiry.keys().cloned().collect()
+    }
+
     pub fn revoke_all(&mut self) {
         self.expiry.clear();
     }

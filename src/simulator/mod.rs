@@ -396,6 +396,12 @@ impl Simulator {
         lock(&self.shared.tokens).revoke_all();
     }
 
+    /// The access tokens issued and not yet forgotten (so tests can look for them where they
+    /// must never appear: logs, reports, metrics, the state file).
+    pub fn issued_tokens(&self) -> Vec<String> {
+        lock(&self.shared.tokens).issued()
+    }
+
     /// Every PATCH received so far, in order of arrival (those refused by the gate — token,
     /// rate limit, server-error faults — never reach the handler and are not listed).
     pub fn patch_log(&self) -> Vec<PatchRecord> {
