@@ -112,6 +112,14 @@ impl Auth0Client {
             .user_agent(concat!("driftsync/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10))
             .https_only(false)
+            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                // A redirect must not take a token or profiles off https either.
+                if attempt.url().scheme() == "https" || super::is_loopback(attempt.url()) {
+                    reqwest::redirect::Policy::default().redirect(attempt)
+                } else {
+                    attempt.error("a redirect to plain http beyond loopback was refused")
+                }
+            }))
             .build()
             .map_err(|error| Auth0Error::Setup(error.to_string()))?;
         Ok(Auth0Client {
@@ -417,6 +425,23 @@ impl Auth0Client {
         url: &str,
         offset: u64,
     ) -> Result<reqwest::Response, DownloadFailure> {
+        // The export holds every profile of the connection: it never crosses a network in
+        // clear text, whatever link the job handed out.
+        match reqwest::Url::parse(url) {
+            Ok(link) if link.scheme() == "https" || super::is_loopback(&link) => {}
+            Ok(link) => {
+                return Err(DownloadFailure::Fatal(format!(
+                    "the download link is {}:// to {}, not https; refusing to fetch profiles in clear text",
+                    link.scheme(),
+                    link.host_str().unwrap_or("no host")
+                )));
+            }
+            Err(error) => {
+                return Err(DownloadFailure::Fatal(format!(
+                    "the download link is not a URL: {error}"
+                )));
+            }
+        }
         let mut request = self.http.get(url);
         if offset > 0 {
             request = request.header(reqwest::header::RANGE, format!("bytes={offset}-"));
@@ -626,5 +651,29 @@ fn snippet(bytes: &[u8]) -> String {
         "(empty)".into()
     } else {
         line
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_plain_http_download_link_beyond_loopback_is_refused_unsent() {
+        let settings = Settings {
+            base_url: "https://tenant.example".into(),
+            audience: "https://tenant.example/api/v2/".into(),
+            client_id: "id".into(),
+            client_secret: SecretString::from("secret"),
+        };
+        let client = Auth0Client::new(settings, RetryPolicy::default()).unwrap();
+        // 192.0.2.1 is TEST-NET-1: nothing answers there, so only a refusal before any
+        // connection can come back as Fatal with this text.
+        match client.download("http://192.0.2.1/export.json.gz", 0).await {
+            Err(DownloadFailure::Fatal(detail)) => {
+                assert!(detail.contains("not https"), "{detail}")
+            }
+            other => panic!("{:?}", other.map(|response| response.status())),
+        }
     }
 }

@@ -170,26 +170,30 @@ impl Settings {
     }
 }
 
+/// Whether the URL's host is this machine (`localhost` or a loopback address).
+pub(crate) fn is_loopback(url: &reqwest::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(name)) => name == "localhost",
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
+    }
+}
+
 /// Plain http is accepted only to loopback addresses (the simulator, a local proxy): tokens
 /// and profiles must not cross a network in clear text.
 fn check_transport(base_url: &str) -> Result<(), Auth0Error> {
-    let url = reqwest::Url::parse(base_url)
-        .map_err(|error| Auth0Error::Setup(format!("auth0.base_url {base_url:?}: {error}")))?;
+    // The URL is not quoted when it cannot be parsed, and quoted without its user:password
+    // part when it can: an error message must not carry a credential someone put there.
+    let mut url = reqwest::Url::parse(base_url)
+        .map_err(|error| Auth0Error::Setup(format!("auth0.base_url is not a URL: {error}")))?;
+    let _ = url.set_password(None);
+    let _ = url.set_username("");
+    let base_url = url.as_str().trim_end_matches('/').to_owned();
     match url.scheme() {
         "https" => Ok(()),
-        "http" => {
-            let loopback = match url.host() {
-                Some(url::Host::Domain(name)) => name == "localhost",
-                Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
-                Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
-                None => false,
-            };
-            if loopback {
-                Ok(())
-            } else {
-                Err(Auth0Error::InsecureUrl(base_url.to_owned()))
-            }
-        }
+        "http" if is_loopback(&url) => Ok(()),
+        "http" => Err(Auth0Error::InsecureUrl(base_url)),
         other => Err(Auth0Error::Setup(format!(
             "auth0.base_url {base_url:?}: scheme {other:?} is not http(s)"
         ))),
@@ -403,5 +407,21 @@ mod tests {
             check_transport("http://10.0.0.8"),
             Err(Auth0Error::InsecureUrl(_))
         ));
+    }
+
+    #[test]
+    fn a_bad_base_url_is_named_without_its_credentials() {
+        for (url, shown) in [
+            (
+                "http://admin:hunter2@proxy.example:3128",
+                "proxy.example:3128",
+            ),
+            ("ftp://admin:hunter2@tenant.example", "tenant.example"),
+            ("hunter2 is not a url", "is not a URL"),
+        ] {
+            let message = check_transport(url).unwrap_err().to_string();
+            assert!(message.contains(shown), "{message}");
+            assert!(!message.contains("hunter2"), "{message}");
+        }
     }
 }
