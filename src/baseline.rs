@@ -4,8 +4,8 @@
 //!
 //! The canonical form applies the equality rules, so two values that compare equal always hash
 //! the same: `""` and NULL are no value, emails are lower-cased, a missing boolean is `false`,
-//! an Auth0-generated default counts as no value, JSON numbers are written by value and objects
-//! with sorted keys. With a baseline B, a differing key changed on the legacy side when Auth0
+//! a value Auth0 generates as a default counts as no value (on either side), JSON numbers are
+//! written by value and objects with sorted keys. With a baseline B, a differing key changed on the legacy side when Auth0
 //! still equals B, on the Auth0 side when legacy still equals B, and on both when neither does.
 
 use std::borrow::Cow;
@@ -73,8 +73,8 @@ pub fn key_values(
             }
             _ => keys.push(KeyValues {
                 key: Cow::Borrowed(field.name()),
-                legacy: hash(canonical(field, legacy, auth0, false).as_deref()),
-                auth0: hash(canonical(field, auth0, legacy, true).as_deref()),
+                legacy: hash(canonical(field, legacy, auth0).as_deref()),
+                auth0: hash(canonical(field, auth0, legacy).as_deref()),
             }),
         }
     }
@@ -82,12 +82,7 @@ pub fn key_values(
 }
 
 /// The canonical form of a root field on one side.
-fn canonical<'p>(
-    field: Field,
-    own: &'p Profile<'_>,
-    other: &Profile<'_>,
-    is_auth0: bool,
-) -> Option<Cow<'p, str>> {
+fn canonical<'p>(field: Field, own: &'p Profile<'_>, other: &Profile<'_>) -> Option<Cow<'p, str>> {
     match field.kind() {
         Kind::Bool => {
             let value = matches!(own.get(field), Some(Value::Bool(true)));
@@ -95,7 +90,9 @@ fn canonical<'p>(
         }
         Kind::Text => {
             let text = own.text(field).filter(|text| !text.is_empty())?;
-            if is_auth0 && is_generated_default(field, text, other, own) {
+            // On both sides, as `classify::diff` compares: otherwise a legacy value equal to
+            // Auth0's generated one would hash differently from that same value.
+            if is_generated_default(field, text, other, own) {
                 return None;
             }
             if field == Field::Email
