@@ -589,6 +589,26 @@ mod tests {
     }
 
     #[test]
+    fn spellings_of_one_float_have_one_canonical_form() {
+        // Found by the classify fuzz target: without serde_json's `float_roundtrip`, some long
+        // mantissas parsed one unit in the last place off, so the same number written with a
+        // trailing zero (as PostgreSQL's numeric keeps it), or parsed and written again (as
+        // Auth0 stores metadata), had two canonical forms and showed as a difference.
+        let canonical_of = |text: &str| {
+            let raw: Box<RawValue> = serde_json::from_str(text).unwrap();
+            canonical_raw(&raw).map(Cow::into_owned)
+        };
+        for (written, same) in [
+            ("-1.0851508951498214e-277", "-1.08515089514982140e-277"),
+            ("7.284003528366592e-304", "72.84003528366592e-305"),
+        ] {
+            assert_eq!(canonical_of(written), canonical_of(same), "{written}");
+            let rewritten = serde_json::from_str::<Json>(written).unwrap().to_string();
+            assert_eq!(canonical_of(written), canonical_of(&rewritten), "{written}");
+        }
+    }
+
+    #[test]
     fn hashes_are_stable_and_distinguish_no_value() {
         assert_eq!(hash(Some("")), hash(Some("")));
         assert_ne!(hash(None), hash(Some("")));
