@@ -190,8 +190,13 @@ fn canonical_raw(raw: &RawValue) -> Option<Cow<'_, str>> {
     if simple {
         return Some(Cow::Borrowed(text));
     }
-    let value: Json = serde_json::from_str(text).ok()?;
-    canonical_json(&value).map(Cow::Owned)
+    // A valid JSON value can still fail to become a tree (a number beyond f64, as `numeric`
+    // holds; an object keyed by serde_json's private raw-value token): it is kept as written
+    // rather than taken for no value, which would hide a difference.
+    match serde_json::from_str::<Json>(text) {
+        Ok(value) => canonical_json(&value).map(Cow::Owned),
+        Err(_) => Some(Cow::Borrowed(text)),
+    }
 }
 
 /// JSON written canonically (sorted keys, numbers by value); `null` is no value.
@@ -606,6 +611,22 @@ mod tests {
             let rewritten = serde_json::from_str::<Json>(written).unwrap().to_string();
             assert_eq!(canonical_of(written), canonical_of(&rewritten), "{written}");
         }
+    }
+
+    #[test]
+    fn a_value_serde_json_cannot_build_is_still_a_value() {
+        // Found by the classify fuzz target: such values canonicalized to "no value", so
+        // they equalled a missing Auth0 key.
+        for text in ["1e400", r#"{"$serde_json::private::RawValue":1}"#] {
+            let raw: Box<RawValue> = serde_json::from_str(text).unwrap();
+            assert_eq!(canonical_raw(&raw).as_deref(), Some(text));
+        }
+        let legacy = profile(&[(
+            Field::UserMetadata,
+            Value::Object(Cow::Borrowed(r#"{"big":1e400}"#)),
+        )]);
+        let keys = key_values(&[Field::UserMetadata], &legacy, &profile(&[]), &[]);
+        assert!(keys[0].differs(), "{keys:?}");
     }
 
     #[test]
