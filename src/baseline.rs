@@ -4,8 +4,8 @@
 //!
 //! The canonical form applies the equality rules, so two values that compare equal always hash
 //! the same: `""` and NULL are no value, emails are lower-cased, a missing boolean is `false`,
-//! an Auth0-generated default counts as no value, JSON numbers are written by value and objects
-//! with sorted keys. With a baseline B, a differing key changed on the legacy side when Auth0
+//! a value Auth0 generates as a default counts as no value (on either side), JSON numbers are
+//! written by value and objects with sorted keys. With a baseline B, a differing key changed on the legacy side when Auth0
 //! still equals B, on the Auth0 side when legacy still equals B, and on both when neither does.
 
 use std::borrow::Cow;
@@ -73,8 +73,8 @@ pub fn key_values(
             }
             _ => keys.push(KeyValues {
                 key: Cow::Borrowed(field.name()),
-                legacy: hash(canonical(field, legacy, auth0, false).as_deref()),
-                auth0: hash(canonical(field, auth0, legacy, true).as_deref()),
+                legacy: hash(canonical(field, legacy, auth0).as_deref()),
+                auth0: hash(canonical(field, auth0, legacy).as_deref()),
             }),
         }
     }
@@ -82,12 +82,7 @@ pub fn key_values(
 }
 
 /// The canonical form of a root field on one side.
-fn canonical<'p>(
-    field: Field,
-    own: &'p Profile<'_>,
-    other: &Profile<'_>,
-    is_auth0: bool,
-) -> Option<Cow<'p, str>> {
+fn canonical<'p>(field: Field, own: &'p Profile<'_>, other: &Profile<'_>) -> Option<Cow<'p, str>> {
     match field.kind() {
         Kind::Bool => {
             let value = matches!(own.get(field), Some(Value::Bool(true)));
@@ -95,7 +90,9 @@ fn canonical<'p>(
         }
         Kind::Text => {
             let text = own.text(field).filter(|text| !text.is_empty())?;
-            if is_auth0 && is_generated_default(field, text, other, own) {
+            // On both sides, as `classify::diff` compares: otherwise a legacy value equal to
+            // Auth0's generated one would hash differently from that same value.
+            if is_generated_default(field, text, other, own) {
                 return None;
             }
             if field == Field::Email
@@ -193,8 +190,13 @@ fn canonical_raw(raw: &RawValue) -> Option<Cow<'_, str>> {
     if simple {
         return Some(Cow::Borrowed(text));
     }
-    let value: Json = serde_json::from_str(text).ok()?;
-    canonical_json(&value).map(Cow::Owned)
+    // A valid JSON value can still fail to become a tree (a number beyond f64, as `numeric`
+    // holds; an object keyed by serde_json's private raw-value token): it is kept as written
+    // rather than taken for no value, which would hide a difference.
+    match serde_json::from_str::<Json>(text) {
+        Ok(value) => canonical_json(&value).map(Cow::Owned),
+        Err(_) => Some(Cow::Borrowed(text)),
+    }
 }
 
 /// JSON written canonically (sorted keys, numbers by value); `null` is no value.
@@ -589,6 +591,42 @@ mod tests {
         }
         let null: Box<RawValue> = serde_json::from_str("null").unwrap();
         assert_eq!(canonical_raw(&null), None);
+    }
+
+    #[test]
+    fn spellings_of_one_float_have_one_canonical_form() {
+        // Found by the classify fuzz target: without serde_json's `float_roundtrip`, some long
+        // mantissas parsed one unit in the last place off, so the same number written with a
+        // trailing zero (as PostgreSQL's numeric keeps it), or parsed and written again (as
+        // Auth0 stores metadata), had two canonical forms and showed as a difference.
+        let canonical_of = |text: &str| {
+            let raw: Box<RawValue> = serde_json::from_str(text).unwrap();
+            canonical_raw(&raw).map(Cow::into_owned)
+        };
+        for (written, same) in [
+            ("-1.0851508951498214e-277", "-1.08515089514982140e-277"),
+            ("7.284003528366592e-304", "72.84003528366592e-305"),
+        ] {
+            assert_eq!(canonical_of(written), canonical_of(same), "{written}");
+            let rewritten = serde_json::from_str::<Json>(written).unwrap().to_string();
+            assert_eq!(canonical_of(written), canonical_of(&rewritten), "{written}");
+        }
+    }
+
+    #[test]
+    fn a_value_serde_json_cannot_build_is_still_a_value() {
+        // Found by the classify fuzz target: such values canonicalized to "no value", so
+        // they equalled a missing Auth0 key.
+        for text in ["1e400", r#"{"$serde_json::private::RawValue":1}"#] {
+            let raw: Box<RawValue> = serde_json::from_str(text).unwrap();
+            assert_eq!(canonical_raw(&raw).as_deref(), Some(text));
+        }
+        let legacy = profile(&[(
+            Field::UserMetadata,
+            Value::Object(Cow::Borrowed(r#"{"big":1e400}"#)),
+        )]);
+        let keys = key_values(&[Field::UserMetadata], &legacy, &profile(&[]), &[]);
+        assert!(keys[0].differs(), "{keys:?}");
     }
 
     #[test]

@@ -275,12 +275,19 @@ pub fn diff(field: Field, legacy: &Profile<'_>, auth0: &Profile<'_>) -> Option<F
         Kind::Text => {
             let legacy_text = non_empty(legacy.text(field));
             let auth0_text = non_empty(auth0.text(field));
-            let equal = match (legacy_text, auth0_text) {
+            // A generated default counts as no value on either side, as in the canonical form
+            // the baselines hash: were it excused on the Auth0 side only, a legacy name equal
+            // to the email would differ from the very same Auth0 name in the hashes but not
+            // here, and such a user would be reported stranded with no differing field.
+            let generated = |text: &&str| is_generated_default(field, text, legacy, auth0);
+            let equal = match (
+                legacy_text.filter(|text| !generated(text)),
+                auth0_text.filter(|text| !generated(text)),
+            ) {
                 (None, None) => true,
-                (None, Some(generated)) => is_generated_default(field, generated, legacy, auth0),
-                (Some(_), None) => false,
                 (Some(l), Some(a)) if field == Field::Email => emails_equal(l, a),
                 (Some(l), Some(a)) => l == a,
+                _ => false,
             };
             (!equal).then(|| FieldDiff {
                 field,
@@ -319,7 +326,10 @@ fn boolean(value: Option<&Value<'_>>) -> Option<bool> {
 }
 
 pub fn emails_equal(a: &str, b: &str) -> bool {
-    a.eq_ignore_ascii_case(b) || (!a.is_ascii() && a.to_lowercase() == b.to_lowercase())
+    // Either side may be the non-ASCII one (`k` and the Kelvin sign `K` lower-case alike), and
+    // the baselines' canonical form lower-cases both: equality must not depend on the order.
+    a.eq_ignore_ascii_case(b)
+        || (!(a.is_ascii() && b.is_ascii()) && a.to_lowercase() == b.to_lowercase())
 }
 
 /// Whether an Auth0 value is what Auth0 generates when the Login script returns none, given
@@ -467,6 +477,53 @@ mod tests {
             &[(p, text("https://img.example.org/pat.png"))],
             &[(p, text("https://cdn.auth0.com/avatars/pl.png"))]
         ));
+    }
+
+    #[test]
+    fn a_generated_default_on_the_legacy_side_counts_as_no_value_too() {
+        // Found by the classify fuzz target: a legacy name equal to the email differed from
+        // the very same Auth0 name in the baseline hashes (the user was stranded with no
+        // differing field, and every run pushed the name again).
+        let email = (Field::Email, text("sam.k@example.org"));
+        let fields = [Field::Email, Field::Name, Field::Nickname, Field::Picture];
+        let same = [
+            email.clone(),
+            (Field::Name, text("sam.k@example.org")),
+            (Field::Nickname, text("sam.k")),
+            (Field::Picture, text("https://cdn.auth0.com/avatars/sa.png")),
+        ];
+        let verdict = classify(
+            &fields,
+            Some(&legacy(None, &same)),
+            Some(&auth0(true, None, &same)),
+            None,
+        );
+        assert_eq!(
+            (verdict.status, verdict.diffs),
+            (Status::InSync, Vec::new())
+        );
+        for field in [Field::Name, Field::Nickname, Field::Picture] {
+            // Either way round: the generated value against no value is equal.
+            let value = same.iter().find(|(f, _)| *f == field).unwrap().clone();
+            let with_value = [email.clone(), value];
+            let without = std::slice::from_ref(&email);
+            assert!(!differs(field, &with_value, without));
+            assert!(!differs(field, without, &with_value));
+            assert!(differs(
+                field,
+                &[email.clone(), (field, text("x"))],
+                without
+            ));
+        }
+    }
+
+    #[test]
+    fn emails_equal_is_symmetric() {
+        // The Kelvin sign lower-cases to an ASCII `k`; `is_ascii` of the first argument alone
+        // decided whether to look beyond ASCII.
+        assert!(emails_equal("\u{212A}@x.io", "k@x.io"));
+        assert!(emails_equal("k@x.io", "\u{212A}@x.io"));
+        assert!(!emails_equal("k@x.io", "l@x.io"));
     }
 
     #[test]

@@ -235,7 +235,7 @@ impl Config {
     pub fn parse(path: &Path, text: &str, env: &dyn Environment) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|error| ConfigError::Parse {
             path: path.to_owned(),
-            message: error.to_string().trim_end().to_owned(),
+            message: toml_error_message(text, error),
         })?;
         let invalid = |key: &'static str, message: String| ConfigError::Invalid {
             path: path.to_owned(),
@@ -416,6 +416,24 @@ impl Config {
             },
         })
     }
+}
+
+/// A TOML error as its position, message and key path, without the quoted source line that
+/// toml's own rendering shows: that line can hold the database password (`legacy.url`) or a
+/// secret written under a wrong key, and the message ends up in logs and terminals.
+fn toml_error_message(text: &str, mut error: toml::de::Error) -> String {
+    let position = error.span().map(|span| {
+        // Bytes, not chars, would do for the line; the column counts characters as editors do.
+        let before = text.get(..span.start).unwrap_or(text);
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+        format!("TOML parse error at line {line}, column {column}: ")
+    });
+    // Without its input, the error renders only its message (and the key path, if any).
+    error.set_input(None);
+    let detail = error.to_string();
+    let detail = detail.trim_end().replace('\n', "; ");
+    format!("{}{detail}", position.unwrap_or_default())
 }
 
 /// Default of `auth0.request_timeout_seconds`.
@@ -607,6 +625,23 @@ mod tests {
         let message = error_of(&text);
         assert!(message.contains("legacy.url"), "{message}");
         assert!(!message.contains("hunter2"), "{message}");
+    }
+
+    #[test]
+    fn a_toml_error_names_the_line_but_does_not_quote_it() {
+        // Found by the config_parse fuzz target: toml's rendering quoted the offending line.
+        let syntax = MINIMAL.replace(
+            "postgres://reader@localhost/app\"",
+            "postgres://reader:hunter2@localhost/app\" x",
+        );
+        let message = error_of(&syntax);
+        assert!(message.contains("line 3, column"), "{message}");
+        assert!(!message.contains("hunter2"), "{message}");
+        let misplaced = MINIMAL.replace("[cache]", "client_secret = \"s3cr3t-value\"\n[cache]");
+        let message = error_of(&misplaced);
+        assert!(message.contains("line 8, column 9"), "{message}");
+        assert!(message.contains("client_secret"), "{message}");
+        assert!(!message.contains("s3cr3t-value"), "{message}");
     }
 
     #[test]
