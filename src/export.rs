@@ -479,12 +479,48 @@ fn marker_is_set(app_metadata: Option<&str>, key: &str) -> Result<bool, String> 
     let Some(json) = app_metadata else {
         return Ok(false);
     };
-    let map: std::collections::HashMap<Cow<'_, str>, &RawValue> = serde_json::from_str(json)
+    let mut deserializer = serde_json::Deserializer::from_str(json);
+    let marker = serde::de::DeserializeSeed::deserialize(Marker(key), &mut deserializer)
         .map_err(|error| format!("`app_metadata` cannot be read: {error}"))?;
-    Ok(match map.get(key).map(|value| value.get()) {
+    Ok(match marker.map(RawValue::get) {
         None | Some("null" | "false" | "0" | "\"\"") => false,
         Some(_) => true,
     })
+}
+
+/// Finds one key's value in an object without building a map of it (this runs for every
+/// profile); like a map, a key given twice counts with its last value.
+struct Marker<'k>(&'k str);
+
+impl<'de, 'k> serde::de::DeserializeSeed<'de> for Marker<'k> {
+    type Value = Option<&'de RawValue>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de, 'k> serde::de::Visitor<'de> for Marker<'k> {
+    type Value = Option<&'de RawValue>;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(Text(name)) = map.next_key::<Text<'de>>()? {
+            if name == self.0 {
+                found = Some(map.next_value::<&'de RawValue>()?);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
 }
 
 #[cfg(test)]
@@ -586,10 +622,19 @@ mod tests {
             r#"{"user_id":"auth0|3"}"#,
             "\n",
             r#"{"user_id":"auth0|4","app_metadata":{"migrated":"2024-01-01"}}"#,
+            "\n",
+            // Found among other keys, spelled with an escape, or given twice (the last counts).
+            r#"{"user_id":"auth0|5","app_metadata":{"roles":["a"],"migr\u0061ted":{"at":1}}}"#,
+            "\n",
+            r#"{"user_id":"auth0|6","app_metadata":{"migrated":1,"migrated":null}}"#,
+            "\n",
+            r#"{"user_id":"auth0|7","app_metadata":{"migrated":0,"x":{"migrated":true}}}"#,
+            "\n",
+            r#"{"user_id":"auth0|8","app_metadata":{"migrated":""}}"#,
         );
         let users = read_all(text, MigratedRule::AppMetadataKey("migrated".into())).unwrap();
         let flags: Vec<bool> = users.iter().map(|(_, migrated)| *migrated).collect();
-        assert_eq!(flags, [true, false, false, true]);
+        assert_eq!(flags, [true, false, false, true, true, false, false, false]);
     }
 
     #[test]

@@ -168,7 +168,7 @@ pub(super) async fn run(
             .await?;
     }
     with_store(store, |store| {
-        super::write_baselines(store, &mut baseline_changes, &planned, Vec::new())
+        super::write_baselines(store, &mut baseline_changes, &planned, Default::default())
     })?;
     if let Some(interrupted) = interrupted {
         return Err(interrupted);

@@ -329,7 +329,7 @@ fn produce(
         if pending.len() < CHUNK_BYTES {
             continue;
         }
-        match pending.iter().rposition(|&byte| byte == b'\n') {
+        match memchr::memrchr(b'\n', &pending) {
             Some(end) => {
                 let mut rest = recycled
                     .try_recv()
@@ -337,7 +337,7 @@ fn produce(
                 rest.clear();
                 rest.extend_from_slice(&pending[end + 1..]);
                 pending.truncate(end + 1);
-                let lines = pending.iter().filter(|&&byte| byte == b'\n').count() as u64;
+                let lines = memchr::memchr_iter(b'\n', &pending).count() as u64;
                 let chunk = Chunk {
                     first_line: next_line,
                     bytes: std::mem::replace(&mut pending, rest),
@@ -356,6 +356,20 @@ fn produce(
             None => {}
         }
     }
+}
+
+/// The lines of a chunk, each with its newline (the last one may have none).
+fn lines(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = bytes;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let end = memchr::memchr(b'\n', rest).map_or(rest.len(), |at| at + 1);
+        let (line, after) = rest.split_at(end);
+        rest = after;
+        Some(line)
+    })
 }
 
 /// One worker: parses and classifies the lines of the chunks it receives.
@@ -382,9 +396,7 @@ fn work(
             return Ok(joined);
         };
         let before = joined.summary.auth0_users;
-        let result = chunk
-            .bytes
-            .split_inclusive(|&byte| byte == b'\n')
+        let result = lines(&chunk.bytes)
             .zip(chunk.first_line..)
             .try_for_each(|(line, number)| {
                 let sides = Sides {
@@ -818,6 +830,18 @@ mod tests {
             .collect();
         stranded.sort_unstable();
         assert_eq!(stranded, ["2", "4", "6"]);
+    }
+
+    #[test]
+    fn chunks_split_into_the_same_lines_as_split_inclusive() {
+        for text in ["", "\n", "a", "a\n", "a\nbc", "a\n\nbc\n", "\n\nx"] {
+            let expected: Vec<&[u8]> = text.as_bytes().split_inclusive(|&b| b == b'\n').collect();
+            assert_eq!(
+                lines(text.as_bytes()).collect::<Vec<_>>(),
+                expected,
+                "{text:?}"
+            );
+        }
     }
 
     #[test]

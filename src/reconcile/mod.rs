@@ -220,36 +220,10 @@ fn write_baselines(
     store: &mut StateStore,
     changes: &mut BaselineWrites,
     planned: &[join::Planned],
-    table_sets: Vec<table::Entry>,
+    mut table_sets: table::NewBaselines,
 ) -> Result<usize, StateError> {
     join::planned_baselines(planned, changes);
-    // Sorted by (first eight bytes of the id, index): the keys stay in cache, and only ids
-    // whose first eight bytes tie are compared as strings.
-    let mut order: Vec<(u64, u32)> = table_sets
-        .iter()
-        .enumerate()
-        .map(|(index, entry)| (entry.sort_prefix(), index as u32))
-        .collect();
-    order.sort_unstable_by(|(a, i), (b, j)| {
-        a.cmp(b).then_with(|| {
-            table_sets[*i as usize]
-                .id()
-                .cmp(table_sets[*j as usize].id())
-        })
-    });
-    let from_table = order.iter().map(|&(_, index)| {
-        let entry = &table_sets[index as usize];
-        (entry.id(), entry.new_baselines().unwrap_or_default())
-    });
-    let written = store.write_baselines(merge_sorted(changes.sorted(), from_table));
-    drop_in_background(table_sets);
-    written
-}
-
-/// Frees a large structure on a thread of its own: a million small frees are time the run
-/// does not have to wait for.
-fn drop_in_background<T: Send + 'static>(value: T) {
-    std::thread::spawn(move || drop(value));
+    store.write_baselines(merge_sorted(changes.sorted(), table_sets.sorted()))
 }
 
 /// Merges two iterators sorted by id (the two never hold the same user).
@@ -310,7 +284,7 @@ async fn run_recorded(
     // Stored baselines are at hand before the rows arrive, so that each user's set joins its
     // record as the row is stored.
     let estimate = legacy::estimate_rows(&mut db, &config.legacy.query).await;
-    let table = Arc::new(estimate.map_or_else(LegacyTable::default, LegacyTable::with_capacity));
+    let mut table = estimate.map_or_else(LegacyTable::default, LegacyTable::with_capacity);
     with_store(store, |store| {
         let mut read = Ok(());
         table.load_stored(|each| {
@@ -318,6 +292,7 @@ async fn run_recorded(
         });
         read
     })?;
+    let table = Arc::new(table);
     tracing::info!(
         elapsed_ms = clock.elapsed().as_millis() as u64,
         rss_mib = progress::rss_mib(),
@@ -441,8 +416,7 @@ async fn run_recorded(
     drop(ticker);
     let table = Arc::try_unwrap(table)
         .map_err(|_| ReconcileError::Worker("the legacy table is still in use".into()))?;
-    let (table_sets, rest) = table.into_new_baselines();
-    drop_in_background(rest);
+    let table_sets = table.into_new_baselines();
     let Joined {
         mut summary,
         mut users,

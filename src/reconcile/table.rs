@@ -1,18 +1,20 @@
-//! The legacy side of a full run while Auth0's profiles stream past: one allocation per user
-//! holding its id, its packed legacy record and its stored baselines, in a hash table split
-//! into shards so that the join workers take users out of it concurrently.
+//! The legacy side of a full run while Auth0's profiles stream past: each user's id and
+//! packed legacy record in an arena, found through a hash table of references, split into
+//! shards so that the join workers take users out of it concurrently.
 //!
 //! The join runs while the legacy rows are still arriving: an Auth0 profile whose legacy row
 //! has not arrived yet is *parked* (its line is kept aside and its id marked) and joined again
-//! once every legacy row is in. Stored baselines are loaded before the legacy read and each
-//! user's set joins its record in the same allocation as the row arrives.
+//! once every legacy row is in. Stored baselines are loaded before the legacy read into one
+//! buffer that stays until the end of the join; each user's entry points at its set there
+//! instead of holding a copy (a tenth of the memory of a large second run).
 //!
-//! A user taken out is copied to the worker and its slot becomes a tombstone in place (no
-//! allocation, so freed records never fragment the heap): it keeps the id, so that a second
+//! Entries live in large arena blocks, never one allocation per user: a million users cost a
+//! few hundred allocations, and freeing them at the end is as cheap. A user taken out is copied
+//! to the worker and its entry becomes a tombstone in place: it keeps the id, so that a second
 //! Auth0 profile with the same id is caught, and later the user's new baseline set, which is
-//! written from here in id order at the end of the run. An Auth0 id without a legacy row leaves
-//! a tombstone too. Per user the table keeps about 40 bytes besides the record and the stored
-//! baselines themselves.
+//! written from here in id order at the end of the run. An Auth0 id without a legacy row
+//! leaves a tombstone too. Per user the table keeps about 30 bytes besides the id and the
+//! record.
 
 use std::hash::BuildHasher;
 use std::sync::{Mutex, RwLock};
@@ -25,12 +27,15 @@ use crate::profile::LegacyView;
 /// Enough shards that two or three workers rarely wait on the same lock.
 const SHARDS: usize = 64;
 
-/// `[kind][id length: u32][record length: u32][id][record][baselines]`; a tombstone with a new
-/// baseline set keeps the set where the record was, and the rest of the allocation is unused.
-#[derive(Debug)]
-pub struct Entry(Box<[u8]>);
+/// Arena blocks are allocated at this size (larger for an entry that needs it); the part of a
+/// block not written yet is never touched, so it costs address space, not memory.
+const BLOCK_BYTES: usize = 1 << 20;
 
-const HEADER: usize = 9;
+/// Entry layout: `[kind][id length: u32][record length: u32][stored set: u64][id][record]`,
+/// where the stored set is an offset into [`StoredSets`] (or [`NO_STORED_SET`]). A tombstone
+/// with a new baseline set keeps the set where the record was.
+const HEADER: usize = 17;
+const NO_STORED_SET: u64 = u64::MAX;
 const KIND_LEGACY: u8 = 0;
 const KIND_TOMBSTONE: u8 = 1;
 /// A tombstone whose "record" is the user's new baseline set (possibly empty: forget it).
@@ -38,89 +43,125 @@ const KIND_NEW_BASELINES: u8 = 2;
 /// An Auth0 profile arrived before its legacy row (if any): its line waits aside.
 const KIND_PARKED: u8 = 3;
 
-impl Entry {
-    fn new(kind: u8, id: &str, record: &[u8], baselines: &[u8]) -> Entry {
-        let mut bytes = Vec::with_capacity(HEADER + id.len() + record.len() + baselines.len());
-        bytes.push(kind);
-        // Ids and records are far below 4 GiB: `insert` refuses anything larger.
-        bytes.extend_from_slice(&(id.len() as u32).to_le_bytes());
-        bytes.extend_from_slice(&(record.len() as u32).to_le_bytes());
-        bytes.extend_from_slice(id.as_bytes());
-        bytes.extend_from_slice(record);
-        bytes.extend_from_slice(baselines);
-        Entry(bytes.into_boxed_slice())
-    }
+/// Where an entry is: block index in the upper half, offset in the block in the lower.
+type EntryRef = u64;
 
-    fn lengths(&self) -> (usize, usize) {
-        let word = |at: usize| {
-            self.0
-                .get(at..at + 4)
-                .and_then(|bytes| <[u8; 4]>::try_from(bytes).ok())
-                .map_or(0, |bytes| u32::from_le_bytes(bytes) as usize)
-        };
-        (word(1), word(5))
-    }
+/// Append-only storage of one shard's entries.
+#[derive(Default)]
+struct Arena {
+    blocks: Vec<Vec<u8>>,
+}
 
-    fn is_tombstone(&self) -> bool {
-        self.0.first() != Some(&KIND_LEGACY)
-    }
-
-    /// Turns the entry into a tombstone in place.
-    fn bury(&mut self) {
-        if let Some(kind) = self.0.first_mut() {
-            *kind = KIND_TOMBSTONE;
+impl Arena {
+    fn push(&mut self, kind: u8, id: &[u8], record: &[u8], stored: u64) -> EntryRef {
+        let len = HEADER + id.len() + record.len();
+        let fits = self
+            .blocks
+            .last()
+            .is_some_and(|block| block.capacity() - block.len() >= len);
+        if !fits {
+            self.blocks.push(Vec::with_capacity(len.max(BLOCK_BYTES)));
         }
+        let index = self.blocks.len() - 1;
+        let block = &mut self.blocks[index];
+        let offset = block.len();
+        block.push(kind);
+        // `LegacyTable::insert` refuses ids and records of 4 GiB or more.
+        block.extend_from_slice(&(id.len() as u32).to_le_bytes());
+        block.extend_from_slice(&(record.len() as u32).to_le_bytes());
+        block.extend_from_slice(&stored.to_le_bytes());
+        block.extend_from_slice(id);
+        block.extend_from_slice(record);
+        ((index as u64) << 32) | offset as u64
     }
 
-    /// Stores a new baseline set in a tombstone: in place when it fits.
-    fn set_new_baselines(&mut self, packed: &[u8]) {
-        let (id, _) = self.lengths();
-        if HEADER + id + packed.len() <= self.0.len() {
-            self.0[0] = KIND_NEW_BASELINES;
-            self.0[5..9].copy_from_slice(&(packed.len() as u32).to_le_bytes());
-            self.0[HEADER + id..HEADER + id + packed.len()].copy_from_slice(packed);
-        } else {
-            let mut replaced = Entry::new(KIND_NEW_BASELINES, self.id(), packed, &[]);
-            std::mem::swap(self, &mut replaced);
-        }
+    fn bytes(&self, at: EntryRef) -> &[u8] {
+        let (block, offset) = ((at >> 32) as usize, (at & 0xffff_ffff) as usize);
+        self.blocks
+            .get(block)
+            .and_then(|block| block.get(offset..))
+            .unwrap_or_default()
     }
 
-    /// The new baseline set of a tombstone that has one.
-    pub fn new_baselines(&self) -> Option<&[u8]> {
-        (self.0.first() == Some(&KIND_NEW_BASELINES)).then(|| self.record_bytes())
+    fn entry(&self, at: EntryRef) -> EntryView<'_> {
+        EntryView(self.bytes(at))
     }
 
-    pub fn id(&self) -> &str {
-        // Only `Entry::new` writes, from a `&str`.
-        std::str::from_utf8(self.id_bytes()).unwrap_or_default()
+    fn entry_mut(&mut self, at: EntryRef) -> &mut [u8] {
+        let (block, offset) = ((at >> 32) as usize, (at & 0xffff_ffff) as usize);
+        self.blocks
+            .get_mut(block)
+            .and_then(|block| block.get_mut(offset..))
+            .unwrap_or_default()
+    }
+}
+
+fn word<const N: usize>(bytes: &[u8], at: usize) -> Option<[u8; N]> {
+    bytes
+        .get(at..at + N)
+        .and_then(|bytes| <[u8; N]>::try_from(bytes).ok())
+}
+
+/// An entry read in place (the arena's bytes from its start on).
+#[derive(Clone, Copy)]
+struct EntryView<'a>(&'a [u8]);
+
+impl<'a> EntryView<'a> {
+    fn kind(self) -> u8 {
+        self.0.first().copied().unwrap_or(KIND_TOMBSTONE)
+    }
+
+    fn lengths(self) -> (usize, usize) {
+        let length =
+            |at| word::<4>(self.0, at).map_or(0, |bytes| u32::from_le_bytes(bytes) as usize);
+        (length(1), length(5))
+    }
+
+    fn stored(self) -> u64 {
+        word::<8>(self.0, 9).map_or(NO_STORED_SET, u64::from_le_bytes)
+    }
+
+    fn is_tombstone(self) -> bool {
+        self.kind() != KIND_LEGACY
     }
 
     /// The id's bytes: what lookups hash and compare (no UTF-8 check on the hot path).
-    fn id_bytes(&self) -> &[u8] {
+    fn id_bytes(self) -> &'a [u8] {
         let (id, _) = self.lengths();
         self.0.get(HEADER..HEADER + id).unwrap_or_default()
     }
 
-    /// The id's first eight bytes as a big-endian number: ordering by it orders by id up to
-    /// ties, without following the pointer (sorting a million entries stays in cache).
-    pub fn sort_prefix(&self) -> u64 {
-        let mut prefix = [0u8; 8];
-        let id = self.id_bytes();
-        let len = id.len().min(8);
-        prefix[..len].copy_from_slice(&id[..len]);
-        u64::from_be_bytes(prefix)
+    fn id(self) -> &'a str {
+        // Only `Arena::push` writes, from a `&str`.
+        std::str::from_utf8(self.id_bytes()).unwrap_or_default()
     }
 
-    fn record_bytes(&self) -> &[u8] {
+    fn record_bytes(self) -> &'a [u8] {
         let (id, record) = self.lengths();
         self.0
             .get(HEADER + id..HEADER + id + record)
             .unwrap_or_default()
     }
 
-    fn baselines(&self) -> PackedBaselines<'_> {
-        let (id, record) = self.lengths();
-        PackedBaselines(self.0.get(HEADER + id + record..).unwrap_or_default())
+    fn new_baselines(self) -> Option<&'a [u8]> {
+        (self.kind() == KIND_NEW_BASELINES).then(|| self.record_bytes())
+    }
+
+    /// The id's first eight bytes as a big-endian number: ordering by it orders by id up to
+    /// ties, without following the reference (sorting a million entries stays in cache).
+    fn sort_prefix(self) -> u64 {
+        let mut prefix = [0u8; 8];
+        let id = self.id_bytes();
+        let len = id.len().min(8);
+        prefix[..len].copy_from_slice(&id[..len]);
+        u64::from_be_bytes(prefix)
+    }
+}
+
+/// Turns an entry into a tombstone in place.
+fn bury(entry: &mut [u8]) {
+    if let Some(kind) = entry.first_mut() {
+        *kind = KIND_TOMBSTONE;
     }
 }
 
@@ -152,78 +193,75 @@ impl TakenUser {
     }
 }
 
-/// An id the table cannot hold: longer than 4 GiB.
+/// An id or record the table cannot hold: 4 GiB or longer.
 #[derive(Debug)]
 pub struct TooLong;
 
+/// One shard: references into its own arena.
+#[derive(Default)]
+struct Shard {
+    index: HashTable<EntryRef>,
+    arena: Arena,
+}
+
 pub struct LegacyTable {
-    shards: Box<[Mutex<HashTable<Entry>>]>,
+    shards: Box<[Mutex<Shard>]>,
     hasher: foldhash::fast::RandomState,
-    stored: RwLock<Option<StoredSets>>,
+    stored: StoredSets,
 }
 
 impl Default for LegacyTable {
     fn default() -> LegacyTable {
         LegacyTable {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashTable::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             hasher: foldhash::fast::RandomState::default(),
-            stored: RwLock::new(None),
+            stored: StoredSets::default(),
         }
     }
 }
 
-/// The stored baseline sets while the legacy rows arrive: one contiguous buffer
-/// (`[id length: u32][id][set length: u32][set]` per user) and an index of offsets into it, so
-/// that a million sets cost one allocation, freed at once.
+/// The stored baseline sets: one contiguous buffer (`[id length: u32][id][set length:
+/// u32][set]` per user) that entries point into, and, while the legacy rows arrive, an index
+/// by id of offsets into it.
 #[derive(Default)]
 struct StoredSets {
     bytes: Vec<u8>,
-    index: HashTable<usize>,
+    index: RwLock<Option<HashTable<usize>>>,
 }
 
 impl StoredSets {
-    fn add(&mut self, hasher: &foldhash::fast::RandomState, id: &str, packed: &[u8]) {
-        if id.len() > u32::MAX as usize || packed.len() > u32::MAX as usize {
-            return;
-        }
-        let offset = self.bytes.len();
-        self.bytes
-            .extend_from_slice(&(id.len() as u32).to_le_bytes());
-        self.bytes.extend_from_slice(id.as_bytes());
-        self.bytes
-            .extend_from_slice(&(packed.len() as u32).to_le_bytes());
-        self.bytes.extend_from_slice(packed);
-        let bytes = &self.bytes;
-        self.index
-            .insert_unique(hasher.hash_one(id.as_bytes()), offset, |&offset| {
-                hasher.hash_one(Self::at(bytes, offset).0)
-            });
-    }
-
     /// The (id, set) stored at `offset`.
     fn at(bytes: &[u8], offset: usize) -> (&[u8], &[u8]) {
-        let word = |at: usize| {
-            bytes
-                .get(at..at + 4)
-                .and_then(|word| <[u8; 4]>::try_from(word).ok())
-                .map_or(0, |word| u32::from_le_bytes(word) as usize)
-        };
-        let id_len = word(offset);
+        let length = |at| word::<4>(bytes, at).map_or(0, |word| u32::from_le_bytes(word) as usize);
+        let id_len = length(offset);
         let id = bytes
             .get(offset + 4..offset + 4 + id_len)
             .unwrap_or_default();
         let set_at = offset + 4 + id_len;
-        let set_len = word(set_at);
+        let set_len = length(set_at);
         let set = bytes
             .get(set_at + 4..set_at + 4 + set_len)
             .unwrap_or_default();
         (id, set)
     }
 
-    fn get(&self, hash: u64, id: &[u8]) -> Option<&[u8]> {
-        self.index
-            .find(hash, |&offset| Self::at(&self.bytes, offset).0 == id)
-            .map(|&offset| Self::at(&self.bytes, offset).1)
+    /// The offset of `id`'s set, if it has one.
+    fn find(&self, hash: u64, id: &[u8]) -> u64 {
+        let index = self
+            .index
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        index
+            .as_ref()
+            .and_then(|index| index.find(hash, |&offset| Self::at(&self.bytes, offset).0 == id))
+            .map_or(NO_STORED_SET, |&offset| offset as u64)
+    }
+
+    fn set(&self, offset: u64) -> &[u8] {
+        if offset == NO_STORED_SET {
+            return &[];
+        }
+        Self::at(&self.bytes, offset as usize).1
     }
 }
 
@@ -241,10 +279,11 @@ impl LegacyTable {
         // Capped, so that a wild estimate cannot reserve gigabytes up front.
         let per_shard = (rows.min(100_000_000) as usize / SHARDS) * 21 / 20 + 16;
         for shard in &table.shards {
-            shard
+            let mut shard = shard
                 .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .reserve(per_shard, |entry| table.hash(entry.id_bytes()));
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let Shard { index, arena } = &mut *shard;
+            index.reserve(per_shard, |&at| table.hash(arena.entry(at).id_bytes()));
         }
         table
     }
@@ -253,7 +292,7 @@ impl LegacyTable {
         self.hasher.hash_one(id)
     }
 
-    fn shard(&self, hash: u64) -> std::sync::MutexGuard<'_, HashTable<Entry>> {
+    fn shard(&self, hash: u64) -> std::sync::MutexGuard<'_, Shard> {
         // hashbrown places entries by the low bits and tags them with the top seven: the
         // shard takes bits from the middle so that neither loses its spread.
         let index = (hash >> 40) as usize % SHARDS;
@@ -262,53 +301,70 @@ impl LegacyTable {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Adds a legacy row, with its stored baselines if [`LegacyTable::load_stored`] gave
-    /// any; a second row with the same id is refused.
+    /// Adds a legacy row, pointing at its stored baselines if [`LegacyTable::load_stored`]
+    /// gave any; a second row with the same id is refused.
     pub fn insert(&self, id: &str, record: &[u8]) -> Result<Inserted, TooLong> {
-        if id.len() > u32::MAX as usize || record.len() > u32::MAX as usize {
+        if id.len() >= u32::MAX as usize || record.len() >= u32::MAX as usize {
             return Err(TooLong);
         }
-        let hash = self.hash(id.as_bytes());
-        let stored = self
-            .stored
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let baselines = stored
-            .as_ref()
-            .and_then(|stored| stored.get(hash, id.as_bytes()))
-            .unwrap_or_default();
+        let id = id.as_bytes();
+        let hash = self.hash(id);
+        let stored = self.stored.find(hash, id);
         let mut shard = self.shard(hash);
-        let hasher = |entry: &Entry| self.hash(entry.id_bytes());
-        match shard.entry(hash, |entry| entry.id_bytes() == id.as_bytes(), hasher) {
+        let Shard { index, arena } = &mut *shard;
+        let found = index.entry(
+            hash,
+            |&at| arena.entry(at).id_bytes() == id,
+            |&at| self.hash(arena.entry(at).id_bytes()),
+        );
+        match found {
             hashbrown::hash_table::Entry::Occupied(mut slot) => {
-                if slot.get().0.first() != Some(&KIND_PARKED) {
+                if arena.entry(*slot.get()).kind() != KIND_PARKED {
                     return Ok(Inserted::Duplicate);
                 }
                 // The parked line finds the row when it is joined again.
-                *slot.get_mut() = Entry::new(KIND_LEGACY, id, record, baselines);
+                *slot.get_mut() = arena.push(KIND_LEGACY, id, record, stored);
                 Ok(Inserted::New)
             }
             hashbrown::hash_table::Entry::Vacant(slot) => {
-                slot.insert(Entry::new(KIND_LEGACY, id, record, baselines));
+                slot.insert(arena.push(KIND_LEGACY, id, record, stored));
                 Ok(Inserted::New)
             }
         }
     }
 
-    /// Keeps the stored baseline sets at hand for [`LegacyTable::insert`].
-    pub fn load_stored(&self, each: impl FnOnce(&mut dyn FnMut(&str, &[u8]))) {
-        let mut stored = StoredSets::default();
-        each(&mut |id, packed| stored.add(&self.hasher, id, packed));
-        *self
-            .stored
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(stored);
+    /// Keeps the stored baseline sets at hand for [`LegacyTable::insert`]; called before the
+    /// table is shared.
+    pub fn load_stored(&mut self, each: impl FnOnce(&mut dyn FnMut(&str, &[u8]))) {
+        let hasher = self.hasher.clone();
+        let mut bytes = Vec::new();
+        let mut index = HashTable::new();
+        each(&mut |id, packed| {
+            if id.len() >= u32::MAX as usize || packed.len() >= u32::MAX as usize {
+                return;
+            }
+            let offset = bytes.len();
+            bytes.extend_from_slice(&(id.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(id.as_bytes());
+            bytes.extend_from_slice(&(packed.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(packed);
+            index.insert_unique(hasher.hash_one(id.as_bytes()), offset, |&offset| {
+                hasher.hash_one(StoredSets::at(&bytes, offset).0)
+            });
+        });
+        bytes.shrink_to_fit();
+        self.stored = StoredSets {
+            bytes,
+            index: RwLock::new(Some(index)),
+        };
     }
 
-    /// Frees the stored sets once every legacy row is in.
+    /// Frees the index of the stored sets once every legacy row is in (the sets themselves
+    /// stay until the users are taken).
     pub fn forget_stored(&self) {
         *self
             .stored
+            .index
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
     }
@@ -317,14 +373,21 @@ impl LegacyTable {
     /// tombstone. An unknown id is parked while `legacy_done` is false (its line is joined
     /// again later, with `rejoin`), and leaves a tombstone otherwise.
     pub fn take(&self, id: &str, buffer: &mut TakenUser, legacy_done: bool, rejoin: bool) -> Taken {
-        let hash = self.hash(id.as_bytes());
+        let id = id.as_bytes();
+        let hash = self.hash(id);
         let mut shard = self.shard(hash);
-        let hasher = |entry: &Entry| self.hash(entry.id_bytes());
-        match shard.entry(hash, |entry| entry.id_bytes() == id.as_bytes(), hasher) {
-            hashbrown::hash_table::Entry::Occupied(mut slot) => {
-                let entry = slot.get_mut();
-                if rejoin && entry.0.first() == Some(&KIND_PARKED) {
-                    entry.bury();
+        let Shard { index, arena } = &mut *shard;
+        let found = index.entry(
+            hash,
+            |&at| arena.entry(at).id_bytes() == id,
+            |&at| self.hash(arena.entry(at).id_bytes()),
+        );
+        match found {
+            hashbrown::hash_table::Entry::Occupied(slot) => {
+                let at = *slot.get();
+                let entry = arena.entry(at);
+                if rejoin && entry.kind() == KIND_PARKED {
+                    bury(arena.entry_mut(at));
                     return Taken::Missing;
                 }
                 if entry.is_tombstone() {
@@ -333,47 +396,66 @@ impl LegacyTable {
                 buffer.bytes.clear();
                 buffer.bytes.extend_from_slice(entry.record_bytes());
                 buffer.record = buffer.bytes.len();
-                buffer.bytes.extend_from_slice(entry.baselines().0);
-                entry.bury();
+                buffer
+                    .bytes
+                    .extend_from_slice(self.stored.set(entry.stored()));
+                bury(arena.entry_mut(at));
                 Taken::Legacy
             }
-            hashbrown::hash_table::Entry::Vacant(slot) if !legacy_done => {
-                slot.insert(Entry::new(KIND_PARKED, id, &[], &[]));
-                Taken::Parked
-            }
             hashbrown::hash_table::Entry::Vacant(slot) => {
-                slot.insert(Entry::new(KIND_TOMBSTONE, id, &[], &[]));
-                Taken::Missing
-            }
-        }
-    }
-
-    /// Records the new baseline set of a user taken out before.
-    pub fn set_new_baselines(&self, id: &str, packed: &[u8]) {
-        let hash = self.hash(id.as_bytes());
-        let mut shard = self.shard(hash);
-        if let Some(entry) = shard.find_mut(hash, |entry| entry.id_bytes() == id.as_bytes()) {
-            entry.set_new_baselines(packed);
-        }
-    }
-
-    /// Empties the table: the entries with a new baseline set, and the others (for the caller
-    /// to free when it suits it).
-    pub fn into_new_baselines(self) -> (Vec<Entry>, Vec<Entry>) {
-        let (mut kept, mut rest) = (Vec::new(), Vec::new());
-        for shard in self.shards {
-            let shard = shard
-                .into_inner()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            for entry in shard {
-                if entry.new_baselines().is_some() {
-                    kept.push(entry);
+                let kind = if legacy_done {
+                    KIND_TOMBSTONE
                 } else {
-                    rest.push(entry);
+                    KIND_PARKED
+                };
+                slot.insert(arena.push(kind, id, &[], NO_STORED_SET));
+                if legacy_done {
+                    Taken::Missing
+                } else {
+                    Taken::Parked
                 }
             }
         }
-        (kept, rest)
+    }
+
+    /// Records the new baseline set of a user taken out before: in place of its record when
+    /// it fits.
+    pub fn set_new_baselines(&self, id: &str, packed: &[u8]) {
+        let id = id.as_bytes();
+        let hash = self.hash(id);
+        let mut shard = self.shard(hash);
+        let Shard { index, arena } = &mut *shard;
+        let Some(slot) = index.find_mut(hash, |&at| arena.entry(at).id_bytes() == id) else {
+            return;
+        };
+        let (id_len, record_len) = arena.entry(*slot).lengths();
+        if packed.len() <= record_len {
+            let entry = arena.entry_mut(*slot);
+            entry[0] = KIND_NEW_BASELINES;
+            entry[5..9].copy_from_slice(&(packed.len() as u32).to_le_bytes());
+            entry[HEADER + id_len..HEADER + id_len + packed.len()].copy_from_slice(packed);
+        } else {
+            *slot = arena.push(KIND_NEW_BASELINES, id, packed, NO_STORED_SET);
+        }
+    }
+
+    /// Empties the table into the new baseline sets it holds.
+    pub fn into_new_baselines(self) -> NewBaselines {
+        let mut arenas = Vec::with_capacity(SHARDS);
+        let mut order = Vec::new();
+        for (number, shard) in self.shards.into_iter().enumerate() {
+            let Shard { index, arena } = shard
+                .into_inner()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            for at in index {
+                let entry = arena.entry(at);
+                if entry.new_baselines().is_some() {
+                    order.push((entry.sort_prefix(), (number as u64) << SHARD_SHIFT | at));
+                }
+            }
+            arenas.push(arena);
+        }
+        NewBaselines { arenas, order }
     }
 
     /// The legacy users never taken.
@@ -384,9 +466,51 @@ impl LegacyTable {
                 let shard = shard
                     .lock()
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
-                shard.iter().filter(|entry| !entry.is_tombstone()).count() as u64
+                shard
+                    .index
+                    .iter()
+                    .filter(|&&at| !shard.arena.entry(at).is_tombstone())
+                    .count() as u64
             })
             .sum()
+    }
+}
+
+/// Where a shard's number goes in a reference of [`NewBaselines`]: above any block index a
+/// shard reaches (2^26 blocks of a megabyte).
+const SHARD_SHIFT: u32 = 58;
+
+/// The new baseline sets a run leaves in its table, kept where they are.
+#[derive(Default)]
+pub struct NewBaselines {
+    arenas: Vec<Arena>,
+    /// (sort prefix of the id, shard and reference) per set.
+    order: Vec<(u64, u64)>,
+}
+
+impl NewBaselines {
+    fn entry(&self, at: u64) -> EntryView<'_> {
+        let shard = (at >> SHARD_SHIFT) as usize;
+        let at = at & ((1 << SHARD_SHIFT) - 1);
+        self.arenas
+            .get(shard)
+            .map_or(EntryView(&[]), |arena| arena.entry(at))
+    }
+
+    /// The (legacy id, packed set) pairs in id order. Sorted by the ids' first eight bytes
+    /// first: the keys stay in cache, and only ids whose first eight bytes tie are compared as
+    /// strings.
+    pub fn sorted(&mut self) -> impl Iterator<Item = (&str, &[u8])> {
+        let mut order = std::mem::take(&mut self.order);
+        order.sort_unstable_by(|(a, i), (b, j)| {
+            a.cmp(b)
+                .then_with(|| self.entry(*i).id_bytes().cmp(self.entry(*j).id_bytes()))
+        });
+        self.order = order;
+        self.order.iter().map(|&(_, at)| {
+            let entry = self.entry(at);
+            (entry.id(), entry.new_baselines().unwrap_or_default())
+        })
     }
 }
 
@@ -404,7 +528,7 @@ mod tests {
 
     #[test]
     fn users_are_taken_once_with_their_record_and_baselines() {
-        let table = LegacyTable::default();
+        let mut table = LegacyTable::default();
         let packed = pack(&[("email".to_owned(), 5)]);
         table.load_stored(|each| {
             each("1", &packed);
@@ -460,18 +584,11 @@ mod tests {
         table.set_new_baselines("1", &pack(&[("name".to_owned(), 1)]));
         let long = pack(&[("user_metadata.".to_owned() + &"k".repeat(200), 2)]);
         table.set_new_baselines("2", &long);
-        let mut sets: Vec<(String, Vec<u8>)> = table
-            .into_new_baselines()
-            .0
-            .iter()
-            .map(|entry| {
-                (
-                    entry.id().to_owned(),
-                    entry.new_baselines().unwrap().to_vec(),
-                )
-            })
+        let mut new_sets = table.into_new_baselines();
+        let sets: Vec<(String, Vec<u8>)> = new_sets
+            .sorted()
+            .map(|(id, set)| (id.to_owned(), set.to_vec()))
             .collect();
-        sets.sort();
         assert_eq!(
             sets,
             vec![
