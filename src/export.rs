@@ -197,10 +197,13 @@ const READ_AHEAD_BLOCK_BYTES: usize = 256 * 1024;
 pub fn read_ahead(mut input: Box<dyn BufRead + Send>) -> Box<dyn BufRead + Send> {
     let (sender, receiver) =
         std::sync::mpsc::sync_channel::<std::io::Result<Vec<u8>>>(READ_AHEAD_BLOCKS);
+    // Read blocks come back to be filled again: no fresh allocation (and page faults) per block.
+    let (recycle, recycled) = std::sync::mpsc::channel::<Vec<u8>>();
     std::thread::spawn(move || {
         crate::reconcile::yield_to_legacy_side();
         loop {
-            let mut block = vec![0; READ_AHEAD_BLOCK_BYTES];
+            let mut block = recycled.try_recv().unwrap_or_default();
+            block.resize(READ_AHEAD_BLOCK_BYTES, 0);
             let result = input.read(&mut block).map(|read| {
                 block.truncate(read);
                 block
@@ -212,34 +215,36 @@ pub fn read_ahead(mut input: Box<dyn BufRead + Send>) -> Box<dyn BufRead + Send>
             }
         }
     });
-    Box::new(BufReader::with_capacity(
-        READ_AHEAD_BLOCK_BYTES,
-        ChannelReader {
-            receiver,
-            block: Vec::new(),
-            position: 0,
-            finished: false,
-        },
-    ))
+    Box::new(ChannelReader {
+        receiver,
+        recycle,
+        block: Vec::new(),
+        position: 0,
+        finished: false,
+    })
 }
 
+/// The consumer's end of [`read_ahead`]: hands out the blocks as they come, without copying.
 struct ChannelReader {
     receiver: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    recycle: std::sync::mpsc::Sender<Vec<u8>>,
     block: Vec<u8>,
     position: usize,
     finished: bool,
 }
 
-impl Read for ChannelReader {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+impl BufRead for ChannelReader {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
         while self.position == self.block.len() {
             if self.finished {
-                return Ok(0);
+                return Ok(&[]);
             }
             match self.receiver.recv() {
                 Ok(Ok(block)) if block.is_empty() => self.finished = true,
                 Ok(Ok(block)) => {
-                    self.block = block;
+                    let used = std::mem::replace(&mut self.block, block);
+                    // The reader thread may have finished: then the block is simply freed.
+                    let _ = self.recycle.send(used);
                     self.position = 0;
                 }
                 Ok(Err(error)) => {
@@ -253,9 +258,20 @@ impl Read for ChannelReader {
                 }
             }
         }
-        let count = out.len().min(self.block.len() - self.position);
-        out[..count].copy_from_slice(&self.block[self.position..self.position + count]);
-        self.position += count;
+        Ok(&self.block[self.position..])
+    }
+
+    fn consume(&mut self, amount: usize) {
+        self.position = (self.position + amount).min(self.block.len());
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let available = self.fill_buf()?;
+        let count = out.len().min(available.len());
+        out[..count].copy_from_slice(&available[..count]);
+        self.consume(count);
         Ok(count)
     }
 }
