@@ -27,7 +27,7 @@ use crate::report::{PushOutcome, PushState, Summary, UserEntry};
 use super::ReconcileError;
 use super::progress::Counters;
 pub use super::table::LegacyTable;
-use super::table::{Taken, TakenUser};
+use super::table::{NewSetRef, Taken, TakenUser};
 
 /// Threads that parse and classify export lines: with decompression on a thread of its own,
 /// two keep both cores of a small machine busy.
@@ -141,6 +141,8 @@ pub struct Joined {
     /// them: their sets travel with the plan.
     pub baseline_changes: BaselineWrites,
     pub migrated_users: u64,
+    /// Where the new baseline sets kept in the [`LegacyTable`] are.
+    pub new_sets: Vec<NewSetRef>,
     /// Lines whose legacy row was not in yet, with their numbers.
     parked: Vec<(u64, Box<[u8]>)>,
 }
@@ -430,6 +432,7 @@ impl Joined {
         self.planned.append(&mut other.planned);
         self.baseline_changes.append(&mut other.baseline_changes);
         self.migrated_users += other.migrated_users;
+        self.new_sets.append(&mut other.new_sets);
         self.parked.append(&mut other.parked);
     }
 
@@ -501,7 +504,7 @@ impl Joined {
                 let new_set =
                     self.match_user(context, &taken.legacy(), Some(taken.baselines()), &user);
                 if let Some(packed) = new_set {
-                    table.set_new_baselines(user.legacy_id, &packed);
+                    self.new_sets.push(table.set_new_baselines(taken, &packed));
                 }
             }
             Taken::Missing => self.unmatched(context, &user),

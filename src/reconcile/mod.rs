@@ -416,15 +416,16 @@ async fn run_recorded(
     drop(ticker);
     let table = Arc::try_unwrap(table)
         .map_err(|_| ReconcileError::Worker("the legacy table is still in use".into()))?;
-    let table_sets = table.into_new_baselines();
     let Joined {
         mut summary,
         mut users,
         mut planned,
         mut baseline_changes,
         migrated_users,
+        new_sets,
         ..
     } = joined;
+    let table_sets = table.into_new_baselines(new_sets);
     summary.legacy_users = legacy_users;
     crate::metrics::rows_read("legacy", legacy_users);
     crate::metrics::rows_read("auth0", summary.auth0_users);

@@ -176,11 +176,14 @@ pub enum Taken {
     Parked,
 }
 
-/// A copy of a taken user's record and stored baselines.
+/// A copy of a taken user's record and stored baselines, and where its entry is (for its new
+/// baseline set).
 #[derive(Debug, Default)]
 pub struct TakenUser {
     bytes: Vec<u8>,
     record: usize,
+    shard: usize,
+    at: EntryRef,
 }
 
 impl TakenUser {
@@ -293,10 +296,17 @@ impl LegacyTable {
     }
 
     fn shard(&self, hash: u64) -> std::sync::MutexGuard<'_, Shard> {
+        self.lock(Self::shard_of(hash))
+    }
+
+    fn shard_of(hash: u64) -> usize {
         // hashbrown places entries by the low bits and tags them with the top seven: the
         // shard takes bits from the middle so that neither loses its spread.
-        let index = (hash >> 40) as usize % SHARDS;
-        self.shards[index]
+        (hash >> 40) as usize % SHARDS
+    }
+
+    fn lock(&self, shard: usize) -> std::sync::MutexGuard<'_, Shard> {
+        self.shards[shard % SHARDS]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -399,6 +409,8 @@ impl LegacyTable {
                 buffer
                     .bytes
                     .extend_from_slice(self.stored.set(entry.stored()));
+                buffer.shard = Self::shard_of(hash);
+                buffer.at = at;
                 bury(arena.entry_mut(at));
                 Taken::Legacy
             }
@@ -418,44 +430,51 @@ impl LegacyTable {
         }
     }
 
-    /// Records the new baseline set of a user taken out before: in place of its record when
-    /// it fits.
-    pub fn set_new_baselines(&self, id: &str, packed: &[u8]) {
-        let id = id.as_bytes();
-        let hash = self.hash(id);
-        let mut shard = self.shard(hash);
+    /// Records the new baseline set of the user just taken out into `taken`: in place of its
+    /// record when it fits. Returns where the set is, for [`LegacyTable::into_new_baselines`].
+    pub fn set_new_baselines(&self, taken: &TakenUser, packed: &[u8]) -> NewSetRef {
+        let mut shard = self.lock(taken.shard);
         let Shard { index, arena } = &mut *shard;
-        let Some(slot) = index.find_mut(hash, |&at| arena.entry(at).id_bytes() == id) else {
-            return;
-        };
-        let (id_len, record_len) = arena.entry(*slot).lengths();
-        if packed.len() <= record_len {
-            let entry = arena.entry_mut(*slot);
+        let entry = arena.entry(taken.at);
+        let (id_len, record_len) = entry.lengths();
+        let prefix = entry.sort_prefix();
+        let at = if packed.len() <= record_len {
+            let entry = arena.entry_mut(taken.at);
             entry[0] = KIND_NEW_BASELINES;
             entry[5..9].copy_from_slice(&(packed.len() as u32).to_le_bytes());
             entry[HEADER + id_len..HEADER + id_len + packed.len()].copy_from_slice(packed);
+            taken.at
         } else {
-            *slot = arena.push(KIND_NEW_BASELINES, id, packed, NO_STORED_SET);
-        }
+            // Rare (a set larger than the record): a new entry, and the index points at it.
+            let id = entry.id_bytes().to_vec();
+            let moved = arena.push(KIND_NEW_BASELINES, &id, packed, NO_STORED_SET);
+            let hash = self.hash(&id);
+            if let Some(slot) = index.find_mut(hash, |&at| at == taken.at) {
+                *slot = moved;
+            }
+            bury(arena.entry_mut(taken.at));
+            moved
+        };
+        NewSetRef((prefix, ((taken.shard as u64) << SHARD_SHIFT) | at))
     }
 
-    /// Empties the table into the new baseline sets it holds.
-    pub fn into_new_baselines(self) -> NewBaselines {
-        let mut arenas = Vec::with_capacity(SHARDS);
-        let mut order = Vec::new();
-        for (number, shard) in self.shards.into_iter().enumerate() {
-            let Shard { index, arena } = shard
-                .into_inner()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            for at in index {
-                let entry = arena.entry(at);
-                if entry.new_baselines().is_some() {
-                    order.push((entry.sort_prefix(), (number as u64) << SHARD_SHIFT | at));
-                }
-            }
-            arenas.push(arena);
+    /// Empties the table into the new baseline sets recorded with
+    /// [`LegacyTable::set_new_baselines`].
+    pub fn into_new_baselines(self, sets: Vec<NewSetRef>) -> NewBaselines {
+        let arenas = self
+            .shards
+            .into_iter()
+            .map(|shard| {
+                shard
+                    .into_inner()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .arena
+            })
+            .collect();
+        NewBaselines {
+            arenas,
+            order: sets.into_iter().map(|NewSetRef(set)| set).collect(),
         }
-        NewBaselines { arenas, order }
     }
 
     /// The legacy users never taken.
@@ -479,6 +498,10 @@ impl LegacyTable {
 /// Where a shard's number goes in a reference of [`NewBaselines`]: above any block index a
 /// shard reaches (2^26 blocks of a megabyte).
 const SHARD_SHIFT: u32 = 58;
+
+/// Where a new baseline set is: the sort prefix of its id, its shard and its entry.
+#[derive(Debug, Clone, Copy)]
+pub struct NewSetRef((u64, u64));
 
 /// The new baseline sets a run leaves in its table, kept where they are.
 #[derive(Default)]
@@ -542,8 +565,14 @@ mod tests {
         );
         table.forget_stored();
         let mut user = TakenUser::default();
-        let mut take = |id| table.take(id, &mut user, true, false);
-        assert!(matches!(take("1"), Taken::Legacy));
+        let mut new_sets = Vec::new();
+        assert!(matches!(
+            table.take("1", &mut user, true, false),
+            Taken::Legacy
+        ));
+        // A new set that fits in place of the record.
+        new_sets.push(table.set_new_baselines(&user, &pack(&[("name".to_owned(), 1)])));
+        let take = |id| table.take(id, &mut TakenUser::default(), true, false);
         assert!(matches!(take("1"), Taken::AlreadySeen));
         assert!(matches!(take("9"), Taken::Missing));
         assert!(matches!(take("9"), Taken::AlreadySeen));
@@ -556,6 +585,13 @@ mod tests {
         ));
         assert!(user.baselines().is_empty());
         assert_eq!(table.remaining(), 0);
+        // One that needs a larger entry: the user stays taken.
+        let long = pack(&[("user_metadata.".to_owned() + &"k".repeat(200), 2)]);
+        new_sets.push(table.set_new_baselines(&user, &long));
+        assert!(matches!(
+            table.take("2", &mut user, true, false),
+            Taken::AlreadySeen
+        ));
         // A profile that comes before its row is parked; joined again it finds the row, or
         // is missing for good.
         assert!(matches!(
@@ -580,11 +616,8 @@ mod tests {
             table.take("6", &mut user, true, true),
             Taken::Missing
         ));
-        // New sets: one that fits in place, one that needs a larger allocation.
-        table.set_new_baselines("1", &pack(&[("name".to_owned(), 1)]));
-        let long = pack(&[("user_metadata.".to_owned() + &"k".repeat(200), 2)]);
-        table.set_new_baselines("2", &long);
-        let mut new_sets = table.into_new_baselines();
+        new_sets.reverse();
+        let mut new_sets = table.into_new_baselines(new_sets);
         let sets: Vec<(String, Vec<u8>)> = new_sets
             .sorted()
             .map(|(id, set)| (id.to_owned(), set.to_vec()))
