@@ -12,6 +12,9 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::baseline::{PackedBaselines, pack};
+use chunks::ChunkTable;
+
+mod chunks;
 
 #[derive(Debug, thiserror::Error)]
 #[error("state file {path}: cannot {action}")]
@@ -64,7 +67,32 @@ const MIGRATIONS: &[Migration] = &[
     Migration::Code(pack_baselines_per_user),
     // 2 → 3: keys as field tags instead of names (see `PackedBaselines`): sets half the size.
     Migration::Code(repack_baselines_with_tags),
+    // 3 → 4: the sets of neighbouring users packed together (see `chunks`): a first run
+    // writes a row per few dozen users instead of one per user.
+    Migration::Code(chunk_baselines),
 ];
+
+fn chunk_baselines(transaction: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    transaction.execute_batch(
+        "CREATE TABLE baseline_chunks (
+            first_id TEXT PRIMARY KEY,
+            users INTEGER NOT NULL,
+            body BLOB NOT NULL
+        ) WITHOUT ROWID",
+    )?;
+    {
+        let mut select =
+            transaction.prepare("SELECT user_id, packed FROM user_baselines ORDER BY user_id")?;
+        let mut rows = select.query([])?;
+        let mut users = Vec::new();
+        while let Some(row) = rows.next()? {
+            users.push((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?));
+        }
+        ChunkTable::new(transaction)?
+            .write(users.iter().map(|(id, set)| (id.as_str(), set.as_slice())))?;
+    }
+    transaction.execute_batch("DROP TABLE user_baselines")
+}
 
 fn repack_baselines_with_tags(transaction: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
     let mut rows = Vec::new();
@@ -183,9 +211,6 @@ fn pack_v2(entries: &[(String, i64)]) -> Vec<u8> {
     }
     packed
 }
-
-/// Rows per multi-row statement when writing baselines.
-const UPSERT_BATCH: usize = 64;
 
 /// Decodes a version-2 set: per pair a little-endian u16 key length, the key, 8 bytes of hash.
 fn unpack_v2(mut packed: &[u8]) -> Vec<(String, i64)> {
@@ -383,23 +408,10 @@ impl StateStore {
     }
 
     pub fn baselines(&self) -> Result<Baselines, StateError> {
-        let mut statement = self
-            .connection
-            .prepare("SELECT user_id, packed FROM user_baselines")
-            .map_err(self.error("read the baselines"))?;
-        let rows = statement
-            .query_map([], |row| {
-                Ok((
-                    row.get::<_, String>(0)?.into_boxed_str(),
-                    row.get::<_, Vec<u8>>(1)?.into_boxed_slice(),
-                ))
-            })
-            .map_err(self.error("read the baselines"))?;
         let mut users = HashMap::default();
-        for row in rows {
-            let (user_id, packed) = row.map_err(self.error("read the baselines"))?;
-            users.insert(user_id, packed);
-        }
+        self.for_each_baseline(|user_id, packed| {
+            users.insert(user_id.into(), packed.into());
+        })?;
         Ok(Baselines { users })
     }
 
@@ -410,16 +422,24 @@ impl StateStore {
     ) -> Result<Baselines, StateError> {
         let mut statement = self
             .connection
-            .prepare_cached("SELECT packed FROM user_baselines WHERE user_id = ?1")
+            .prepare_cached(
+                "SELECT body FROM baseline_chunks WHERE first_id <= ?1 ORDER BY first_id DESC LIMIT 1",
+            )
             .map_err(self.error("read the baselines"))?;
         let mut users = HashMap::default();
         for user_id in user_ids {
-            let packed: Option<Vec<u8>> = statement
+            let body: Option<Vec<u8>> = statement
                 .query_row(params![user_id], |row| row.get(0))
                 .optional()
                 .map_err(self.error("read the baselines"))?;
-            if let Some(packed) = packed {
-                users.insert(user_id.into(), packed.into_boxed_slice());
+            for user in chunks::users(body.as_deref().unwrap_or_default()) {
+                let (id, packed) = user
+                    .map_err(rusqlite::Error::from)
+                    .map_err(self.error("read the baselines"))?;
+                if id == user_id {
+                    users.insert(user_id.into(), packed.into());
+                    break;
+                }
             }
         }
         Ok(Baselines { users })
@@ -429,27 +449,28 @@ impl StateStore {
     pub fn for_each_baseline(&self, mut each: impl FnMut(&str, &[u8])) -> Result<(), StateError> {
         let mut statement = self
             .connection
-            .prepare("SELECT user_id, packed FROM user_baselines")
+            .prepare("SELECT body FROM baseline_chunks ORDER BY first_id")
             .map_err(self.error("read the baselines"))?;
         let mut rows = statement
             .query([])
             .map_err(self.error("read the baselines"))?;
         while let Some(row) = rows.next().map_err(self.error("read the baselines"))? {
-            let user_id = row
+            let body = row
                 .get_ref(0)
-                .and_then(|value| Ok(value.as_str()?))
-                .map_err(self.error("read the baselines"))?;
-            let packed = row
-                .get_ref(1)
                 .and_then(|value| Ok(value.as_blob()?))
                 .map_err(self.error("read the baselines"))?;
-            each(user_id, packed);
+            for user in chunks::users(body) {
+                let (user_id, packed) = user
+                    .map_err(rusqlite::Error::from)
+                    .map_err(self.error("read the baselines"))?;
+                each(user_id, packed);
+            }
         }
         Ok(())
     }
 
     /// Replaces users' baseline sets in one transaction (an empty set forgets the user);
-    /// returns how many users changed.
+    /// `writes` must be in user id order. Returns how many users changed.
     pub fn write_baselines<'a>(
         &mut self,
         writes: impl IntoIterator<Item = (&'a str, &'a [u8])>,
@@ -461,46 +482,9 @@ impl StateStore {
             source,
         };
         let transaction = self.connection.transaction().map_err(error)?;
-        let mut changed = 0;
-        {
-            // Rows go in groups of UPSERT_BATCH per statement: a first run writes a row per
-            // user, and one statement per row would spend most of its time in the statement.
-            let values = vec!["(?, ?)"; UPSERT_BATCH].join(", ");
-            let mut batch_upsert = transaction
-                .prepare(&format!(
-                    "INSERT OR REPLACE INTO user_baselines (user_id, packed) VALUES {values}"
-                ))
-                .map_err(error)?;
-            let mut upsert = transaction
-                .prepare_cached(
-                    "INSERT OR REPLACE INTO user_baselines (user_id, packed) VALUES (?1, ?2)",
-                )
-                .map_err(error)?;
-            let mut delete = transaction
-                .prepare_cached("DELETE FROM user_baselines WHERE user_id = ?1")
-                .map_err(error)?;
-            let mut pending: Vec<(&str, &[u8])> = Vec::with_capacity(UPSERT_BATCH);
-            for (user_id, packed) in writes {
-                if packed.is_empty() {
-                    changed += delete.execute(params![user_id]).map_err(error)?;
-                    continue;
-                }
-                pending.push((user_id, packed));
-                if pending.len() == UPSERT_BATCH {
-                    for (index, (user_id, packed)) in pending.drain(..).enumerate() {
-                        batch_upsert
-                            .raw_bind_parameter(2 * index + 1, user_id)
-                            .and_then(|()| batch_upsert.raw_bind_parameter(2 * index + 2, packed))
-                            .map_err(error)?;
-                    }
-                    batch_upsert.raw_execute().map_err(error)?;
-                    changed += UPSERT_BATCH;
-                }
-            }
-            for (user_id, packed) in pending {
-                changed += upsert.execute(params![user_id, packed]).map_err(error)?;
-            }
-        }
+        let changed = ChunkTable::new(&transaction)
+            .and_then(|mut chunks| chunks.write(writes))
+            .map_err(error)?;
         transaction.commit().map_err(error)?;
         Ok(changed)
     }
