@@ -274,11 +274,16 @@ async fn reconcile_command(config: &Config, args: ReconcileArgs) -> anyhow::Resu
                 .context("cannot write the report to standard output")?;
         }
     }
-    Ok(if report.needs_action() {
+    let code = if report.needs_action() {
         ExitCode::from(EXIT_NEEDS_ACTION)
     } else {
         ExitCode::SUCCESS
-    })
+    };
+    // The process ends next, and the kernel takes its memory back at once: freeing a large
+    // report entry by entry first would only delay the exit (a tenth of a second at a million
+    // users).
+    std::mem::forget(report);
+    Ok(code)
 }
 
 /// Cancels `stop` on the first SIGTERM or SIGINT; a second one ends the process at once.
