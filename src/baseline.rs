@@ -55,7 +55,6 @@ pub fn key_values(
             Kind::Object => {
                 let legacy_object = raw_object(legacy.get(field));
                 let auth0_object = raw_object(auth0.get(field));
-                let prefix = format!("{}.", field.name());
                 let mut names: Vec<&str> = legacy_object.keys().collect();
                 for &(extra_field, name) in extra_metadata_keys {
                     if extra_field == field && !names.contains(&name) {
@@ -65,7 +64,7 @@ pub fn key_values(
                 names.sort_unstable();
                 for name in names {
                     keys.push(KeyValues {
-                        key: Cow::Owned(format!("{prefix}{name}")),
+                        key: metadata_key_name(field, name),
                         legacy: hash(legacy_object.get(name).and_then(canonical_raw).as_deref()),
                         auth0: hash(auth0_object.get(name).and_then(canonical_raw).as_deref()),
                     });
@@ -79,6 +78,64 @@ pub fn key_values(
         }
     }
     keys
+}
+
+/// At most this many metadata key names are made once for the whole process.
+const INTERNED_NAMES: usize = 4096;
+
+type NameSet = hashbrown::HashSet<&'static str, foldhash::fast::FixedState>;
+
+/// Metadata key names made once: `field.key` repeats from user to user (a deployment has a few
+/// dozen metadata keys), and a million users would otherwise build each name a million times.
+/// Past [`INTERNED_NAMES`] names (keys that are themselves data, such as ids), names are built
+/// per user again, so the memory kept stays bounded.
+static INTERNED: std::sync::LazyLock<std::sync::Mutex<NameSet>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// One thread's view of [`INTERNED`], so that a known name costs no lock.
+#[derive(Default)]
+struct KnownNames {
+    scratch: String,
+    known: NameSet,
+    /// [`INTERNED`] was full when last asked: a name not known here is built.
+    full: bool,
+}
+
+thread_local! {
+    static KNOWN_NAMES: std::cell::RefCell<KnownNames> = Default::default();
+}
+
+/// The key name `field.name`.
+fn metadata_key_name(field: Field, name: &str) -> Cow<'static, str> {
+    KNOWN_NAMES.with_borrow_mut(|names| {
+        names.scratch.clear();
+        names.scratch.push_str(field.name());
+        names.scratch.push('.');
+        names.scratch.push_str(name);
+        if let Some(&interned) = names.known.get(names.scratch.as_str()) {
+            return Cow::Borrowed(interned);
+        }
+        if names.full {
+            return Cow::Owned(names.scratch.clone());
+        }
+        let mut interned = INTERNED
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let found = match interned.get(names.scratch.as_str()) {
+            Some(&kept) => kept,
+            None if interned.len() < INTERNED_NAMES => {
+                let kept: &'static str = Box::leak(names.scratch.as_str().into());
+                interned.insert(kept);
+                kept
+            }
+            None => {
+                names.full = true;
+                return Cow::Owned(names.scratch.clone());
+            }
+        };
+        names.known.insert(found);
+        Cow::Borrowed(found)
+    })
 }
 
 /// The canonical form of a root field on one side.
@@ -428,6 +485,28 @@ pub fn pack_pairs<'a>(entries: impl IntoIterator<Item = (&'a str, i64)>) -> Box<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metadata_key_names_are_made_once_and_stay_right_past_the_limit() {
+        let first = metadata_key_name(Field::UserMetadata, "lang");
+        let again = metadata_key_name(Field::UserMetadata, "lang");
+        assert_eq!(first, "user_metadata.lang");
+        assert!(
+            matches!((&first, &again), (Cow::Borrowed(a), Cow::Borrowed(b)) if std::ptr::eq(*a, *b))
+        );
+        // Keys that are data: past the limit the names are built, and still right.
+        let mut built = 0;
+        for n in 0..INTERNED_NAMES + 10 {
+            let name = metadata_key_name(Field::AppMetadata, &format!("id-{n}"));
+            assert_eq!(name, format!("app_metadata.id-{n}"));
+            built += usize::from(matches!(name, Cow::Owned(_)));
+        }
+        assert!(built >= 10);
+        assert!(matches!(
+            metadata_key_name(Field::UserMetadata, "lang"),
+            Cow::Borrowed(_)
+        ));
+    }
 
     #[test]
     fn raw_objects_are_sorted_keep_the_last_repeated_key_and_unescape_keys() {
