@@ -11,7 +11,7 @@ use futures_util::{TryStreamExt, pin_mut};
 use tokio_postgres::types::{FromSql, Type};
 use tokio_postgres::{Client, NoTls, Row};
 
-use crate::profile::{Field, Kind, LegacyRecord, LegacyRecordBuilder};
+use crate::profile::{Field, Kind, LegacyRecordBuilder};
 
 /// Rows fetched per round trip.
 const BATCH_ROWS: i32 = 50_000;
@@ -259,7 +259,9 @@ pub struct LegacyRow<'a> {
     /// 1-based position in the result, for error messages.
     pub number: u64,
     pub user_id: &'a str,
-    pub record: LegacyRecord,
+    /// The packed record (see [`crate::profile::LegacyRecord`]), borrowed from the reader's buffer: a row
+    /// costs no allocation of its own.
+    pub record: &'a [u8],
 }
 
 /// Runs `query` in a `READ ONLY` transaction and calls `each` for every row, in result order.
@@ -327,7 +329,7 @@ async fn stream_sql(
                 LegacyRow {
                     number,
                     user_id,
-                    record: builder.finish(),
+                    record: builder.packed(),
                 },
             )?;
         }

@@ -175,6 +175,11 @@ impl LegacyRecordBuilder {
         LegacyRecord(self.bytes.as_slice().into())
     }
 
+    /// The record built so far, packed, without copying it.
+    pub fn packed(&self) -> &[u8] {
+        &self.bytes
+    }
+
     fn push(&mut self, tag: u8, bytes: &[u8]) {
         self.bytes.push(tag);
         write_len(&mut self.bytes, bytes.len());
@@ -210,6 +215,11 @@ impl LegacyRecord {
 
     pub fn view(&self) -> LegacyView<'_> {
         LegacyView::of(&self.0)
+    }
+
+    /// A record from its packed bytes (as [`LegacyRecordBuilder::packed`] gives them).
+    pub fn from_packed(bytes: &[u8]) -> LegacyRecord {
+        LegacyRecord(bytes.into())
     }
 
     /// The packed bytes, to be kept inside a larger allocation (the join table).

@@ -74,7 +74,7 @@ pub(super) async fn run(
                 user_id: row.user_id.to_owned(),
             });
         }
-        rows.push((row.user_id.into(), row.record));
+        rows.push((row.user_id.into(), LegacyRecord::from_packed(row.record)));
         Ok(())
     })
     .await?;

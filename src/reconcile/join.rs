@@ -11,6 +11,7 @@
 //! A malformed line stops every thread; the error reported is the one with the lowest line
 //! number.
 
+use std::collections::VecDeque;
 use std::io::BufRead;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -388,6 +389,36 @@ fn lines(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
     })
 }
 
+/// The Auth0 user a line holds, if it is one of the configured connection's.
+fn parse_user<'l>(
+    sides: &Sides<'_>,
+    number: u64,
+    line: &'l [u8],
+) -> Result<Option<Auth0User<'l>>, LineError> {
+    let source_name = sides.source_name;
+    if line.len() > MAX_LINE_BYTES {
+        return Err((number, export::line_too_long(source_name, number).into()));
+    }
+    let interpreted = export::parse_line(line, sides.context.filter).map_err(|message| {
+        (
+            number,
+            ReconcileError::from(ExportError::Line {
+                source_name: source_name.to_owned(),
+                line: number,
+                message,
+            }),
+        )
+    })?;
+    Ok(match interpreted {
+        Interpreted::User(user) => Some(user),
+        Interpreted::OtherConnection | Interpreted::NotDatabaseUser | Interpreted::Blank => None,
+    })
+}
+
+/// How many parsed users a worker holds before joining them: each one's index slot is asked for
+/// when it is parsed, and has arrived by the time it is joined.
+const LOOKAHEAD: usize = 2;
+
 /// One worker: parses and classifies the lines of the chunks it receives.
 fn work(
     source_name: &str,
@@ -412,15 +443,41 @@ fn work(
             return Ok(joined);
         };
         let before = joined.summary.auth0_users;
+        let sides = Sides {
+            source_name,
+            table,
+            context,
+        };
+        let phase = Phase::Streaming(legacy);
+        let mut ahead: VecDeque<(u64, Auth0User<'_>)> = VecDeque::with_capacity(LOOKAHEAD + 1);
         let result = lines(&chunk.bytes)
             .zip(chunk.first_line..)
             .try_for_each(|(line, number)| {
-                let sides = Sides {
-                    source_name,
-                    table,
-                    context,
+                // Users ahead are joined before a bad line's error, so that the first error
+                // in line order is the one reported.
+                let user = match parse_user(&sides, number, line) {
+                    Ok(Some(user)) => user,
+                    Ok(None) => return Ok(()),
+                    Err(error) => {
+                        for (number, user) in ahead.drain(..) {
+                            joined.join_user(&sides, number, &user, &mut taken, phase)?;
+                        }
+                        return Err(error);
+                    }
                 };
-                joined.join_line(&sides, number, line, &mut taken, Phase::Streaming(legacy))
+                table.prefetch(user.legacy_id);
+                ahead.push_back((number, user));
+                if ahead.len() > LOOKAHEAD
+                    && let Some((number, user)) = ahead.pop_front()
+                {
+                    joined.join_user(&sides, number, &user, &mut taken, phase)?;
+                }
+                Ok(())
+            })
+            .and_then(|()| {
+                ahead.drain(..).try_for_each(|(number, user)| {
+                    joined.join_user(&sides, number, &user, &mut taken, phase)
+                })
             });
         context
             .counters
@@ -458,30 +515,22 @@ impl Joined {
         taken: &mut TakenUser,
         phase: Phase<'_>,
     ) -> Result<(), LineError> {
-        let Sides {
-            source_name,
-            table,
-            context,
-        } = *sides;
-        let line_error = |message: String| {
-            (
-                number,
-                ReconcileError::from(ExportError::Line {
-                    source_name: source_name.to_owned(),
-                    line: number,
-                    message,
-                }),
-            )
-        };
-        if line.len() > MAX_LINE_BYTES {
-            return Err((number, export::line_too_long(source_name, number).into()));
+        match parse_user(sides, number, line)? {
+            Some(user) => self.join_user(sides, number, &user, taken, phase),
+            None => Ok(()),
         }
-        let user = match export::parse_line(line, context.filter).map_err(line_error)? {
-            Interpreted::User(user) => user,
-            Interpreted::OtherConnection | Interpreted::NotDatabaseUser | Interpreted::Blank => {
-                return Ok(());
-            }
-        };
+    }
+
+    /// Joins one Auth0 user with its legacy row (or parks it, or records it as unmatched).
+    fn join_user(
+        &mut self,
+        sides: &Sides<'_>,
+        number: u64,
+        user: &Auth0User<'_>,
+        taken: &mut TakenUser,
+        phase: Phase<'_>,
+    ) -> Result<(), LineError> {
+        let Sides { table, context, .. } = *sides;
         let (legacy_done, rejoin) = match phase {
             Phase::Streaming(legacy) => {
                 // Enough held aside: from here on every profile waits for its row.
@@ -499,7 +548,7 @@ impl Joined {
         let taken_as = table.take(user.legacy_id, taken, legacy_done, rejoin);
         if let Taken::Parked = taken_as {
             // Kept in a minimal form: many parked profiles are orphans that wait to the end.
-            let minimal = export::minimal_line(&user, context.fields, context.filter);
+            let minimal = export::minimal_line(user, context.fields, context.filter);
             if let Phase::Streaming(legacy) = phase {
                 legacy
                     .parked_bytes
@@ -516,12 +565,12 @@ impl Joined {
             Taken::Parked => {}
             Taken::Legacy => {
                 let new_set =
-                    self.match_user(context, &taken.legacy(), Some(taken.baselines()), &user);
+                    self.match_user(context, &taken.legacy(), Some(taken.baselines()), user);
                 if let Some(packed) = new_set {
                     self.new_sets.push(table.set_new_baselines(taken, &packed));
                 }
             }
-            Taken::Missing => self.unmatched(context, &user),
+            Taken::Missing => self.unmatched(context, user),
             Taken::AlreadySeen => {
                 return Err((
                     number,

@@ -4,6 +4,7 @@
 //! baselines, and returns the report. Nothing is recorded as complete after an error.
 
 mod changes;
+mod index;
 mod join;
 mod progress;
 mod table;
@@ -31,7 +32,7 @@ use crate::timestamp;
 pub use join::yield_to_legacy_side;
 use join::{BaselineWrites, JoinContext, Joined, LegacyTable};
 use progress::Counters;
-use table::{Inserted, TooLong};
+use table::{InsertBehind, Refused};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -316,26 +317,30 @@ async fn run_recorded(
     let legacy_progress = Arc::new(join::LegacyProgress::default());
     let legacy_side = async {
         let mut legacy_users = 0u64;
+        let mut rows = InsertBehind::new(&table);
+        let refused = |refused: Refused| {
+            let Refused { row, user_id, .. } = refused;
+            if refused.duplicate {
+                LegacyError::DuplicateUserId { row, user_id }
+            } else {
+                LegacyError::ValueTooLong { row, user_id }
+            }
+        };
         let result = legacy::stream(&mut db, &config.legacy.query, &fields, |_, row| {
             counters
                 .legacy_rows
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            match table.insert(row.user_id, row.record.as_bytes()) {
-                Ok(Inserted::New) => {
-                    legacy_users += 1;
-                    Ok(())
-                }
-                Ok(Inserted::Duplicate) => Err(LegacyError::DuplicateUserId {
-                    row: row.number,
-                    user_id: row.user_id.to_owned(),
-                }),
-                Err(TooLong) => Err(LegacyError::ValueTooLong {
-                    row: row.number,
-                    user_id: row.user_id.chars().take(64).collect(),
-                }),
-            }
+            legacy_users += u64::from(
+                rows.push(row.number, row.user_id, row.record)
+                    .map_err(refused)?,
+            );
+            Ok(())
         })
-        .await;
+        .await
+        .and_then(|columns| {
+            legacy_users += u64::from(rows.finish().map_err(refused)?);
+            Ok(columns)
+        });
         legacy_progress.finish(result.is_ok());
         table.forget_stored();
         tracing::info!(

@@ -1,6 +1,6 @@
 //! The legacy side of a full run while Auth0's profiles stream past: each user's id and
-//! packed legacy record in an arena, found through a hash table of references, split into
-//! shards so that the join workers take users out of it concurrently.
+//! packed legacy record in an arena, found through an index of references (see [`super::index`]),
+//! split into shards so that the join workers take users out of it concurrently.
 //!
 //! The join runs while the legacy rows are still arriving: an Auth0 profile whose legacy row
 //! has not arrived yet is *parked* (its line is kept aside and its id marked) and joined again
@@ -21,6 +21,7 @@ use std::sync::{Mutex, RwLock};
 
 use hashbrown::HashTable;
 
+use super::index::{self, Index, SlotsView};
 use crate::baseline::PackedBaselines;
 use crate::profile::LegacyView;
 
@@ -43,8 +44,18 @@ const KIND_NEW_BASELINES: u8 = 2;
 /// An Auth0 profile arrived before its legacy row (if any): its line waits aside.
 const KIND_PARKED: u8 = 3;
 
-/// Where an entry is: block index in the upper half, offset in the block in the lower.
+/// Where an entry is: the block index above the low 20 bits, the offset in the block in them
+/// (blocks are 1 MiB; a larger one holds a single entry, at offset 0). 40 bits in all, what an
+/// index slot holds: a shard's arena is limited to a terabyte.
 type EntryRef = u64;
+const OFFSET_BITS: u32 = 20;
+
+fn split_ref(at: EntryRef) -> (usize, usize) {
+    (
+        (at >> OFFSET_BITS) as usize,
+        (at & ((1 << OFFSET_BITS) - 1)) as usize,
+    )
+}
 
 /// Append-only storage of one shard's entries.
 #[derive(Default)]
@@ -72,11 +83,13 @@ impl Arena {
         block.extend_from_slice(&stored.to_le_bytes());
         block.extend_from_slice(id);
         block.extend_from_slice(record);
-        ((index as u64) << 32) | offset as u64
+        let at = ((index as u64) << OFFSET_BITS) | offset as u64;
+        debug_assert!(at <= index::MAX_REF && offset < BLOCK_BYTES);
+        at
     }
 
     fn bytes(&self, at: EntryRef) -> &[u8] {
-        let (block, offset) = ((at >> 32) as usize, (at & 0xffff_ffff) as usize);
+        let (block, offset) = split_ref(at);
         self.blocks
             .get(block)
             .and_then(|block| block.get(offset..))
@@ -88,7 +101,7 @@ impl Arena {
     }
 
     fn entry_mut(&mut self, at: EntryRef) -> &mut [u8] {
-        let (block, offset) = ((at >> 32) as usize, (at & 0xffff_ffff) as usize);
+        let (block, offset) = split_ref(at);
         self.blocks
             .get_mut(block)
             .and_then(|block| block.get_mut(offset..))
@@ -203,7 +216,7 @@ pub struct TooLong;
 /// One shard: references into its own arena.
 #[derive(Default)]
 struct Shard {
-    index: HashTable<EntryRef>,
+    index: Index,
     arena: Arena,
     /// Legacy users not taken yet: counted as they go, since finding them afterwards would
     /// visit every entry in random order (ten million cache misses at ten million users).
@@ -212,6 +225,8 @@ struct Shard {
 
 pub struct LegacyTable {
     shards: Box<[Mutex<Shard>]>,
+    /// Where each shard's index slots are, for [`LegacyTable::prefetch`].
+    views: Box<[SlotsView]>,
     hasher: foldhash::fast::RandomState,
     stored: StoredSets,
 }
@@ -220,6 +235,7 @@ impl Default for LegacyTable {
     fn default() -> LegacyTable {
         LegacyTable {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            views: (0..SHARDS).map(|_| SlotsView::default()).collect(),
             hasher: foldhash::fast::RandomState::default(),
             stored: StoredSets::default(),
         }
@@ -271,6 +287,68 @@ impl StoredSets {
     }
 }
 
+/// A legacy row the table refused, for the error message.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Refused {
+    pub row: u64,
+    pub user_id: String,
+    /// A second row with this id (otherwise: an id or record of 4 GiB or more).
+    pub duplicate: bool,
+}
+
+/// Inserts legacy rows one behind their arrival: a row's index slot is asked for when it
+/// arrives, and the row goes in with the next one, by which time the slot is in the cache.
+pub struct InsertBehind<'t> {
+    table: &'t LegacyTable,
+    /// The held row's number, if one is held.
+    held: Option<u64>,
+    id: String,
+    record: Vec<u8>,
+}
+
+impl<'t> InsertBehind<'t> {
+    pub fn new(table: &'t LegacyTable) -> InsertBehind<'t> {
+        InsertBehind {
+            table,
+            held: None,
+            id: String::new(),
+            record: Vec::new(),
+        }
+    }
+
+    /// Holds this row and inserts the one held before it; true when that one was inserted.
+    pub fn push(&mut self, row: u64, id: &str, record: &[u8]) -> Result<bool, Refused> {
+        self.table.prefetch(id);
+        let inserted = self.finish()?;
+        self.held = Some(row);
+        self.id.clear();
+        self.id.push_str(id);
+        self.record.clear();
+        self.record.extend_from_slice(record);
+        Ok(inserted)
+    }
+
+    /// Inserts the row held, if any; true when one was inserted.
+    pub fn finish(&mut self) -> Result<bool, Refused> {
+        let Some(row) = self.held.take() else {
+            return Ok(false);
+        };
+        match self.table.insert(&self.id, &self.record) {
+            Ok(Inserted::New) => Ok(true),
+            Ok(Inserted::Duplicate) => Err(Refused {
+                row,
+                user_id: self.id.clone(),
+                duplicate: true,
+            }),
+            Err(TooLong) => Err(Refused {
+                row,
+                user_id: self.id.chars().take(64).collect(),
+                duplicate: false,
+            }),
+        }
+    }
+}
+
 /// What [`LegacyTable::insert`] did with a row.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Inserted {
@@ -284,12 +362,13 @@ impl LegacyTable {
         let table = LegacyTable::default();
         // Capped, so that a wild estimate cannot reserve gigabytes up front.
         let per_shard = (rows.min(100_000_000) as usize / SHARDS) * 21 / 20 + 16;
-        for shard in &table.shards {
+        for (shard, view) in table.shards.iter().zip(&table.views) {
             let mut shard = shard
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             let Shard { index, arena, .. } = &mut *shard;
-            index.reserve(per_shard, |&at| table.hash(arena.entry(at).id_bytes()));
+            index.reserve(per_shard, |at| table.hash(arena.entry(at).id_bytes()));
+            index.publish(view);
         }
         table
     }
@@ -300,6 +379,13 @@ impl LegacyTable {
 
     fn shard(&self, hash: u64) -> std::sync::MutexGuard<'_, Shard> {
         self.lock(Self::shard_of(hash))
+    }
+
+    /// Tells [`LegacyTable::prefetch`] where the index of `hash`'s shard moved.
+    fn publish(&self, index: &Index, hash: u64) {
+        if let Some(view) = self.views.get(Self::shard_of(hash)) {
+            index.publish(view);
+        }
     }
 
     fn shard_of(hash: u64) -> usize {
@@ -329,21 +415,19 @@ impl LegacyTable {
             arena,
             untaken,
         } = &mut *shard;
-        let found = index.entry(
-            hash,
-            |&at| arena.entry(at).id_bytes() == id,
-            |&at| self.hash(arena.entry(at).id_bytes()),
-        );
-        match found {
-            hashbrown::hash_table::Entry::Occupied(mut slot) => {
-                if arena.entry(*slot.get()).kind() != KIND_PARKED {
+        match index.find(hash, |at| arena.entry(at).id_bytes() == id) {
+            Some(position) => {
+                if arena.entry(index.get(position)).kind() != KIND_PARKED {
                     return Ok(Inserted::Duplicate);
                 }
                 // The parked line finds the row when it is joined again.
-                *slot.get_mut() = arena.push(KIND_LEGACY, id, record, stored);
+                index.set(position, arena.push(KIND_LEGACY, id, record, stored));
             }
-            hashbrown::hash_table::Entry::Vacant(slot) => {
-                slot.insert(arena.push(KIND_LEGACY, id, record, stored));
+            None => {
+                let at = arena.push(KIND_LEGACY, id, record, stored);
+                if index.insert_new(hash, at, |at| self.hash(arena.entry(at).id_bytes())) {
+                    self.publish(index, hash);
+                }
             }
         }
         *untaken += 1;
@@ -386,6 +470,15 @@ impl LegacyTable {
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
     }
 
+    /// Asks the CPU for the index slot where a lookup of `id` starts, without a lock and
+    /// without waiting for it.
+    pub fn prefetch(&self, id: &str) {
+        let hash = self.hash(id.as_bytes());
+        if let Some(view) = self.views.get(Self::shard_of(hash)) {
+            view.prefetch(hash);
+        }
+    }
+
     /// Takes the legacy user `id` out (into `buffer`, reused from user to user), leaving a
     /// tombstone. An unknown id is parked while `legacy_done` is false (its line is joined
     /// again later, with `rejoin`), and leaves a tombstone otherwise.
@@ -398,14 +491,9 @@ impl LegacyTable {
             arena,
             untaken,
         } = &mut *shard;
-        let found = index.entry(
-            hash,
-            |&at| arena.entry(at).id_bytes() == id,
-            |&at| self.hash(arena.entry(at).id_bytes()),
-        );
-        match found {
-            hashbrown::hash_table::Entry::Occupied(slot) => {
-                let at = *slot.get();
+        match index.find(hash, |at| arena.entry(at).id_bytes() == id) {
+            Some(position) => {
+                let at = index.get(position);
                 let entry = arena.entry(at);
                 if rejoin && entry.kind() == KIND_PARKED {
                     bury(arena.entry_mut(at));
@@ -426,13 +514,16 @@ impl LegacyTable {
                 *untaken -= 1;
                 Taken::Legacy
             }
-            hashbrown::hash_table::Entry::Vacant(slot) => {
+            None => {
                 let kind = if legacy_done {
                     KIND_TOMBSTONE
                 } else {
                     KIND_PARKED
                 };
-                slot.insert(arena.push(kind, id, &[], NO_STORED_SET));
+                let at = arena.push(kind, id, &[], NO_STORED_SET);
+                if index.insert_new(hash, at, |at| self.hash(arena.entry(at).id_bytes())) {
+                    self.publish(index, hash);
+                }
                 if legacy_done {
                     Taken::Missing
                 } else {
@@ -461,8 +552,8 @@ impl LegacyTable {
             let id = entry.id_bytes().to_vec();
             let moved = arena.push(KIND_NEW_BASELINES, &id, packed, NO_STORED_SET);
             let hash = self.hash(&id);
-            if let Some(slot) = index.find_mut(hash, |&at| at == taken.at) {
-                *slot = moved;
+            if let Some(position) = index.find(hash, |at| at == taken.at) {
+                index.set(position, moved);
             }
             bury(arena.entry_mut(taken.at));
             moved
