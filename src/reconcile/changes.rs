@@ -138,7 +138,7 @@ pub(super) async fn run(
         mut summary,
         mut users,
         mut planned,
-        mut baseline_changes,
+        baseline_changes,
         ..
     } = joined;
     summary.legacy_users = rows.len() as u64;
@@ -168,7 +168,7 @@ pub(super) async fn run(
             .await?;
     }
     with_store(store, |store| {
-        super::write_baselines(store, &mut baseline_changes, &planned, Default::default())
+        super::write_baselines(store, baseline_changes, planned, Default::default())
     })?;
     if let Some(interrupted) = interrupted {
         return Err(interrupted);

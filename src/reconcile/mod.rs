@@ -219,18 +219,19 @@ pub async fn run_kind(
 /// B-tree instead of splitting pages all over it.
 fn write_baselines(
     store: &mut StateStore,
-    changes: &mut BaselineWrites,
-    planned: &[join::Planned],
+    mut changes: BaselineWrites,
+    planned: Vec<join::Planned>,
     mut table_sets: table::NewBaselines,
 ) -> Result<usize, StateError> {
-    join::planned_baselines(planned, changes);
+    join::planned_baselines(&planned, &mut changes);
     let written = store.write_baselines(merge_sorted(changes.sorted(), table_sets.sorted()));
-    // The table's memory (gigabytes at ten million users, a block at a time) is handed back on
-    // a thread of its own: neither the end of the run nor a one-shot command's exit waits for
-    // it.
+    // Their memory (gigabytes at ten million users, and millions of small allocations) is
+    // handed back on a thread of its own: neither the end of the run nor a one-shot command's
+    // exit waits for it.
+    let leftovers = (changes, planned, table_sets);
     if let Err(error) = std::thread::Builder::new()
         .name("free-table".into())
-        .spawn(move || drop(table_sets))
+        .spawn(move || drop(leftovers))
     {
         tracing::debug!(%error, "freeing the table on this thread");
     }
@@ -435,7 +436,7 @@ async fn run_recorded(
         mut summary,
         mut users,
         mut planned,
-        mut baseline_changes,
+        baseline_changes,
         migrated_users,
         new_sets,
         ..
@@ -501,7 +502,7 @@ async fn run_recorded(
             })
         });
         let changed = with_store(store, |store| {
-            write_baselines(store, &mut baseline_changes, &planned, table_sets)
+            write_baselines(store, baseline_changes, planned, table_sets)
         });
         let prepared = rendering.map(|rendering| {
             rendering.join().unwrap_or_else(|_| {
