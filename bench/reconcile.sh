@@ -15,11 +15,16 @@
 #   - the floors: `psql` copying the mapping query's result to /dev/null, and `gzip -dc` of the
 #     export to /dev/null; and the ratio reconcile / max(floors).
 # Each first reconcile starts with an empty state file (the first run of a deployment).
+# The floors and the file-source runs are measured BENCH_RUNS times (default 3), interleaved,
+# and the median wall time is printed (peak RSS: the largest of the runs): a 2-core VM's
+# neighbours move a single run by ±10%.
 # BENCH_EXPORT=0 skips the export source (the simulator holds every profile in memory: at
 # 10 million users that is more than this machine should spend on it).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 users=${1:-100000}
 seed=${2:-1}
+runs=${BENCH_RUNS:-3}
+[[ $runs =~ ^[1-9][0-9]*$ ]] || { echo "bench: BENCH_RUNS must be a positive whole number, not '$runs'" >&2; exit 2; }
 
 echo "== generating $users users (seed $seed)"
 start_pg
@@ -29,13 +34,24 @@ query=$(cat "$work/data/query.sql")
 
 echo "== warm-up (page cache, PostgreSQL buffers)"
 measure psql -q -h 127.0.0.1 -p "$port" -U postgres bench -c "\\copy ($query) TO '/dev/null'" >/dev/null
-echo "== measuring"
-read -r psql_wall _ _ < <(measure psql -q -h 127.0.0.1 -p "$port" -U postgres bench -c "\\copy ($query) TO '/dev/null'")
-read -r gzip_wall _ _ < <(measure sh -c "gzip -dc '$work/data/export.json.gz' >/dev/null")
-read -r wall peak code < <(DRIFTSYNC_LOG=warn measure ./target/release/driftsync --config "$work/driftsync.toml" reconcile --format json --output "$work/report.json")
-[[ $code == 0 || $code == 2 ]] || { echo "bench: reconcile failed with exit $code" >&2; exit 1; }
-read -r wall2 peak2 code2 < <(DRIFTSYNC_LOG=warn measure ./target/release/driftsync --config "$work/driftsync.toml" reconcile --format json --output "$work/report-second.json")
-[[ $code2 == 0 || $code2 == 2 ]] || { echo "bench: second reconcile failed with exit $code2" >&2; exit 1; }
+echo "== measuring ($runs runs of each)"
+psql_walls=() gzip_walls=() walls=() peaks=() walls2=() peaks2=()
+for ((run = 1; run <= runs; run++)); do
+    read -r psql_wall _ _ < <(measure psql -q -h 127.0.0.1 -p "$port" -U postgres bench -c "\\copy ($query) TO '/dev/null'")
+    read -r gzip_wall _ _ < <(measure sh -c "gzip -dc '$work/data/export.json.gz' >/dev/null")
+    rm -f "$work"/state.db*
+    read -r wall peak code < <(DRIFTSYNC_LOG=warn measure ./target/release/driftsync --config "$work/driftsync.toml" reconcile --format json --output "$work/report.json")
+    [[ $code == 0 || $code == 2 ]] || { echo "bench: reconcile failed with exit $code" >&2; exit 1; }
+    read -r wall2 peak2 code2 < <(DRIFTSYNC_LOG=warn measure ./target/release/driftsync --config "$work/driftsync.toml" reconcile --format json --output "$work/report-second.json")
+    [[ $code2 == 0 || $code2 == 2 ]] || { echo "bench: second reconcile failed with exit $code2" >&2; exit 1; }
+    echo "   run $run: psql ${psql_wall}s, gzip ${gzip_wall}s, first ${wall}s ${peak} KiB, second ${wall2}s ${peak2} KiB"
+    psql_walls+=("$psql_wall") gzip_walls+=("$gzip_wall") walls+=("$wall") peaks+=("$peak") walls2+=("$wall2") peaks2+=("$peak2")
+done
+median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+largest() { printf '%s\n' "$@" | sort -g | tail -n 1; }
+psql_wall=$(median "${psql_walls[@]}") gzip_wall=$(median "${gzip_walls[@]}")
+wall=$(median "${walls[@]}") peak=$(largest "${peaks[@]}")
+wall2=$(median "${walls2[@]}") peak2=$(largest "${peaks2[@]}")
 
 if [[ ${BENCH_EXPORT:-1} == 1 ]]; then
     echo "== export source through the simulator"
@@ -59,12 +75,12 @@ for path in sys.argv[2:]:
         sys.exit(f"bench: {path}: summary {summary} differs from the expected {expected}")
 print("every summary matches the generator's expected mix:", {k: v for k, v in expected.items() if v})
 PY
-python3 - "$users" "$wall" "$peak" "$psql_wall" "$gzip_wall" "$xwall" "$xpeak" "$wall2" "$peak2" "$sim_stats" <<'PY'
+python3 - "$users" "$wall" "$peak" "$psql_wall" "$gzip_wall" "$xwall" "$xpeak" "$wall2" "$peak2" "$sim_stats" "$runs" <<'PY'
 import json, sys
 users, wall, peak, psql, gz, xwall, xpeak, wall2, peak2 = int(sys.argv[1]), *map(float, sys.argv[2:10])
 stats = json.loads(sys.argv[10])
 floor = max(psql, gz)
-print(f"users                        {users}")
+print(f"users                        {users}   (wall: median of {sys.argv[11]} runs; RSS: largest)")
 print(f"file:   reconcile wall       {wall:.3f} s   ({users / wall:,.0f} users/s; first run, empty state)")
 print(f"file:   reconcile peak RSS   {peak / 1024:.1f} MiB")
 print(f"file:   second run wall      {wall2:.3f} s   (baselines present; {wall2 / wall:.2f} x the first)")
