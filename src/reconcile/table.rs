@@ -109,6 +109,11 @@ impl Arena {
     }
 }
 
+/// Where the index holds `id`.
+fn find(index: &Index, arena: &Arena, hash: u64, id: &[u8]) -> Option<usize> {
+    index.find(hash, |at| arena.entry(at).id_bytes() == id)
+}
+
 fn word<const N: usize>(bytes: &[u8], at: usize) -> Option<[u8; N]> {
     bytes
         .get(at..at + N)
@@ -415,7 +420,7 @@ impl LegacyTable {
             arena,
             untaken,
         } = &mut *shard;
-        match index.find(hash, |at| arena.entry(at).id_bytes() == id) {
+        match find(index, arena, hash, id) {
             Some(position) => {
                 if arena.entry(index.get(position)).kind() != KIND_PARKED {
                     return Ok(Inserted::Duplicate);
@@ -491,7 +496,7 @@ impl LegacyTable {
             arena,
             untaken,
         } = &mut *shard;
-        match index.find(hash, |at| arena.entry(at).id_bytes() == id) {
+        match find(index, arena, hash, id) {
             Some(position) => {
                 let at = index.get(position);
                 let entry = arena.entry(at);
