@@ -672,6 +672,35 @@ mod tests {
     }
 
     #[test]
+    fn rows_inserted_one_behind_are_all_in_and_a_last_duplicate_is_named() {
+        let table = LegacyTable::default();
+        let mut rows = InsertBehind::new(&table);
+        let mut inserted = 0;
+        for (number, id) in [(1, "a"), (2, "b"), (3, "c")] {
+            inserted += u64::from(rows.push(number, id, &record(id)).unwrap());
+        }
+        // The third row is held until the next one (or the end) arrives.
+        assert_eq!(inserted, 2);
+        assert_eq!(rows.push(4, "a", &record("again")), Ok(true));
+        assert_eq!(
+            rows.finish(),
+            Err(Refused {
+                row: 4,
+                user_id: "a".into(),
+                duplicate: true
+            })
+        );
+        assert_eq!(rows.finish(), Ok(false));
+        assert_eq!(table.remaining(), 3);
+        let mut taken = TakenUser::default();
+        assert!(matches!(
+            table.take("c", &mut taken, true, false),
+            Taken::Legacy
+        ));
+        assert_eq!(table.remaining(), 2);
+    }
+
+    #[test]
     fn users_are_taken_once_with_their_record_and_baselines() {
         let mut table = LegacyTable::default();
         let packed = pack(&[("email".to_owned(), 5)]);
