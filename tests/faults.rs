@@ -633,8 +633,9 @@ async fn a_full_state_disk_fails_naming_the_state_file_and_loses_nothing() {
         let filler = mount.path.join("filler");
         let _ = std::fs::remove_file(&filler);
         let _ = std::fs::remove_file(&state);
-        let _ = std::fs::remove_file(mount.path.join("driftsync-state.db-wal"));
-        let _ = std::fs::remove_file(mount.path.join("driftsync-state.db-shm"));
+        for leftover in ["journal", "wal", "shm"] {
+            let _ = std::fs::remove_file(mount.path.join(format!("driftsync-state.db-{leftover}")));
+        }
         fill(&filler, (8 << 20) - free);
         let mut args = PUSH.to_vec();
         args.extend(["--output", "report.json"]);
