@@ -856,6 +856,72 @@ fn journal_rows(path: &Path) -> Vec<(String, String, String)> {
         .unwrap()
 }
 
+/// A stopped run's request can land after the export the next run reads was taken. The
+/// profile read while resolving its journal entry shows it: the change is not sent twice.
+#[tokio::test]
+async fn a_change_that_landed_after_the_export_is_not_sent_again() {
+    let _pacing = PACING.read().await;
+    let tenant = Tenant::new(60, SimulatorConfig::default(), true).await;
+    push_to_completion(&tenant, &[]);
+    let id = (1..=tenant.set.users)
+        .find(|id| {
+            tenant
+                .sim
+                .user(&format!("auth0|{id}"))
+                .is_some_and(|profile| profile["app_metadata"]["migrated"] == true)
+        })
+        .expect("a migrated user");
+    let auth0_id = format!("auth0|{id}");
+    let landed = "Landed After The Export";
+    tenant
+        .app
+        .sql(&format!(
+            "UPDATE {TABLE} SET name = '{landed}', updated_at = now() WHERE id = {id}"
+        ))
+        .await;
+    snapshot_export(&tenant, "snapshot.ndjson");
+    // The stopped run: its journal entry left planned, and its PATCH, which landed late.
+    let body = json!({ "name": landed });
+    StateStore::open(&tenant.app.path("driftsync-state.db"))
+        .unwrap()
+        .journal_plan(
+            "stopped-run",
+            &auth0_id,
+            &body.to_string(),
+            "2026-11-28T00:00:00Z",
+        )
+        .unwrap();
+    let mut profile = tenant.sim.user(&auth0_id).unwrap();
+    profile["name"] = json!(landed);
+    tenant.sim.insert_user(datagen::CONNECTION, profile);
+    let log_start = tenant.sim.patch_log().len();
+
+    let report = push_to_completion(&tenant, &["--cache-file", "snapshot.ndjson"]);
+    let sent: Vec<_> = tenant.sim.patch_log()[log_start..]
+        .iter()
+        .filter(|record| record.user_id == auth0_id)
+        .map(|record| record.body.clone())
+        .collect();
+    assert!(sent.is_empty(), "sent again: {sent:?}");
+    let entry = report["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|user| user["user_id"] == *auth0_id)
+        .expect("the user is reported: the export it read was older");
+    assert_eq!(entry["push"]["state"], "applied", "{entry}");
+    let journal = journal_rows(&tenant.app.path("driftsync-state.db"));
+    assert_eq!(
+        journal
+            .iter()
+            .filter(|(user, _, _)| *user == auth0_id)
+            .map(|(_, _, state)| state.as_str())
+            .collect::<Vec<_>>(),
+        ["applied"]
+    );
+    assert_eq!(tenant.sim.user(&auth0_id).unwrap()["name"], landed);
+}
+
 #[tokio::test]
 async fn sigkill_at_random_moments_of_a_push_never_loses_or_repeats_a_change() {
     let _pacing = PACING.read().await;

@@ -8,6 +8,7 @@
 //! effect is recorded as applied, anything else as superseded (the run re-plans from fresh
 //! data), so a change is never sent twice on the word of a stale journal.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -186,11 +187,14 @@ async fn grace_over(stop: &CancellationToken) {
     tokio::time::sleep(STOP_GRACE).await;
 }
 
-/// Counts of a recovery.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// What a recovery found.
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct Recovered {
     pub applied: u64,
     pub superseded: u64,
+    /// The profiles read to resolve the entries, by user id. They are newer than an export
+    /// taken before this run, so they show a stopped run's request that landed after it.
+    pub profiles: HashMap<String, Json>,
 }
 
 /// Resolves journal entries left `planned` by a process that stopped mid-push.
@@ -203,6 +207,9 @@ pub async fn recover(client: &Auth0Client, store: &Store) -> Result<Recovered, R
         let in_effect = profile
             .as_ref()
             .is_some_and(|profile| is_in_effect(&body, profile));
+        if let Some(profile) = profile {
+            recovered.profiles.insert(entry.user_id.clone(), profile);
+        }
         let state = if in_effect {
             recovered.applied += 1;
             JournalState::Applied

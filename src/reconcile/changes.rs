@@ -50,9 +50,11 @@ pub(super) async fn run(
         }
     })?;
     let client = Arc::new(Auth0Client::new(settings, options.retry)?);
-    if push {
-        apply::recover(&client, store).await?;
-    }
+    let recovered = if push {
+        apply::recover(&client, store).await?
+    } else {
+        apply::Recovered::default()
+    };
     let connection = client.connection_by_name(&config.auth0.connection).await?;
     let migrated = super::resolve_migrated(&config.auth0.migrated, connection.options.import_mode);
 
@@ -162,6 +164,7 @@ pub(super) async fn run(
             run_id: &run.id,
             options,
             limit,
+            recovered: &recovered.profiles,
         };
         interrupted = phase
             .run(&mut users, &mut summary, &mut planned, tenant_users)

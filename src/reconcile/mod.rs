@@ -272,8 +272,9 @@ async fn run_recorded(
     let clock = Instant::now();
     let source = source(config, options)?;
     let client = api_client(config, &source, push, options, env)?;
+    let mut recovered = apply::Recovered::default();
     if push && let Some(client) = &client {
-        let recovered = apply::recover(client, store).await?;
+        recovered = apply::recover(client, store).await?;
         if recovered.applied + recovered.superseded > 0 {
             tracing::warn!(
                 applied = recovered.applied,
@@ -473,6 +474,7 @@ async fn run_recorded(
             run_id: &run.id,
             options,
             limit,
+            recovered: &recovered.profiles,
         };
         interrupted = phase
             .run(&mut users, &mut summary, &mut planned, migrated_users)
@@ -544,6 +546,8 @@ struct PushPhase<'a> {
     options: &'a RunOptions,
     /// `max_push_fraction` for this run.
     limit: f64,
+    /// Profiles read while resolving a stopped run's journal entries (see [`apply::Recovered`]).
+    recovered: &'a std::collections::HashMap<String, serde_json::Value>,
 }
 
 impl PushPhase<'_> {
@@ -583,8 +587,25 @@ impl PushPhase<'_> {
                     .collect(),
             })
             .collect();
+        // A request the stopped run sent may have landed after the export this run read was
+        // taken: what the fresher profile read while resolving its journal entry already
+        // shows is not sent again.
+        let (in_effect, tasks): (Vec<PushTask>, Vec<PushTask>) =
+            tasks.into_iter().partition(|task| {
+                self.recovered.get(&task.auth0_id).is_some_and(|profile| {
+                    task.bodies
+                        .iter()
+                        .all(|body| apply::is_in_effect(body, profile))
+                })
+            });
+        if !in_effect.is_empty() {
+            tracing::info!(
+                users = in_effect.len(),
+                "changes a stopped run's requests already made are not sent again"
+            );
+        }
         let started = Instant::now();
-        let outcomes = apply::apply(
+        let mut outcomes = apply::apply(
             self.client.clone(),
             self.store.clone(),
             self.run_id,
@@ -593,6 +614,7 @@ impl PushPhase<'_> {
             self.options.stop.clone(),
         )
         .await?;
+        outcomes.extend(in_effect.iter().map(|task| (task.index, Outcome::Applied)));
         let (mut applied, mut not_sent) = (0, 0);
         for (index, outcome) in outcomes {
             let user = &mut users[index];
