@@ -91,7 +91,7 @@ async fn a_429_storm_and_a_tight_bucket_never_make_the_client_overdraw() {
                 burst: 5,
                 per_second: 40.0,
             },
-            ..Limits::enterprise()
+            ..Limits::per_class(BucketLimit::ENTERPRISE)
         },
         ..SimulatorConfig::default()
     };
@@ -745,7 +745,7 @@ async fn busy_tenant(users: u64, per_second: f64) -> Tenant {
                 burst: 20,
                 per_second,
             },
-            ..Limits::enterprise()
+            ..Limits::per_class(BucketLimit::ENTERPRISE)
         },
         ..SimulatorConfig::default()
     };
@@ -941,7 +941,7 @@ async fn sigkill_at_random_moments_of_a_push_never_loses_or_repeats_a_change() {
                 burst: 10,
                 per_second: 80.0,
             },
-            ..Limits::enterprise()
+            ..Limits::per_class(BucketLimit::ENTERPRISE)
         },
         ..SimulatorConfig::default()
     };

@@ -1,20 +1,36 @@
-//! A client-side mirror of Auth0's per-endpoint-class token buckets, so that driftsync never
-//! sends into an exhausted bucket and still uses the whole rate it is given.
+//! A client-side mirror of Auth0's token buckets, so that driftsync never sends into an
+//! exhausted bucket and still uses the whole rate it is given.
 //!
-//! Every answer carries `x-ratelimit-limit` (the burst), `x-ratelimit-remaining` and
-//! `x-ratelimit-reset` (UNIX seconds when the bucket is full again). The mirror keeps a local
-//! token count. Each request gets a sequence number; the newest answer so far re-synchronises
-//! the count to `remaining` minus the requests still in flight (answers overtake each other
-//! across connections, so any of those may be uncounted by the server yet). Between answers the count refills at the server's
-//! refill rate, which is not announced and so is *measured*: while the bucket is clearly below
-//! full, the server's count moves by `refill × elapsed − requests answered in between`, and over
-//! a second or more the rounding of `remaining` is small. The measurement uses only the local
-//! monotonic clock (client/server clock skew does not matter) and counts another application's
-//! use of the same bucket as a slower refill, which errs on the safe side; a 3% margin absorbs
-//! the rounding. Until a rate is measured, a lower bound from single answers is used (the
-//! reset is rounded up, so one token less over the time to the reset cannot exceed the true
-//! rate); with no bound either, an empty bucket waits for the announced reset. A 429 blocks the
-//! class until `Retry-After` or the reset.
+//! Every answer carries `x-ratelimit-limit` (the bucket size), `x-ratelimit-remaining` and
+//! `x-ratelimit-reset`, which Auth0 documents as the UNIX second "of the expected time when
+//! additional requests will be added to the bucket" ("Rate Limit Use Cases"): when the *next*
+//! token comes, not when the bucket is full again, so it says nothing about the refill rate.
+//! The mirror keeps a local token count. Each request gets a sequence number; the newest answer
+//! so far re-synchronises the count to `remaining` minus the requests still in flight (answers
+//! overtake each other across connections, so any of those may be uncounted by the server
+//! yet). Between answers the count refills at the server's refill rate, which is not announced
+//! and so is *measured*: while the bucket is clearly below full, the server's count moves by
+//! `refill × elapsed − requests answered in between`, and over a second or more the rounding of
+//! `remaining` is small. The measurement uses only the local monotonic clock (client/server
+//! clock skew does not matter) and counts another application's use of the same bucket as a
+//! slower refill, which errs on the safe side; a 3% margin absorbs the rounding. Until a rate
+//! is measured, a lower bound stands in: over a second or more, the tokens the server's count
+//! gained (its change plus the requests answered, less those that were in flight at the start
+//! and one for the rounding) — a bucket that filled up in between only gained more than that,
+//! so the bound holds even then, and it grows as fast as the traffic shows the bucket keeping
+//! up. With neither, an empty bucket waits for
+//! the announced reset and then takes the one token it promises. A 429 blocks the class until
+//! `Retry-After` (which Auth0 does not document for the Management API, but which is honoured
+//! when present) or the reset.
+//!
+//! Auth0's plans lay buckets out differently: Enterprise and Free have one global Management
+//! API bucket, Essentials and Professional one per endpoint group. The mirror keeps one count
+//! per endpoint class and reads every answer as news for all of them: the newest answer of any
+//! Management API class bounds every class's count (exact for a global bucket, only cautious
+//! for separate ones), and a class that has not been answered yet starts from that count
+//! instead of sending blind. driftsync never uses two Management API classes at once (a run
+//! reads, then pushes), so the caution costs a few requests' time when a run moves from one
+//! class to the next.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -22,7 +38,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
 
-/// Auth0 rate-limits endpoint classes separately.
+/// The endpoint classes Auth0's per-endpoint layouts limit separately.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EndpointClass {
     Token,
@@ -37,8 +53,16 @@ pub enum EndpointClass {
 pub struct RateInfo {
     pub limit: u32,
     pub remaining: u32,
-    /// UNIX seconds.
+    /// UNIX second when the next token is added to the bucket.
     pub reset: u64,
+}
+
+impl EndpointClass {
+    /// Whether the class is a Management API endpoint (they may share one bucket); the token
+    /// endpoint belongs to the Authentication API, limited apart.
+    fn is_management(self) -> bool {
+        self != EndpointClass::Token
+    }
 }
 
 /// The shortest window over which a refill rate is measured; answers arrive with jitter, and
@@ -46,10 +70,17 @@ pub struct RateInfo {
 const MIN_WINDOW: Duration = Duration::from_secs(2);
 /// Older samples are dropped; the rate follows changes of plan within this time.
 const MAX_WINDOW: Duration = Duration::from_secs(10);
+/// The shortest window of the lower bound: long enough that the jitter of answers cannot
+/// inflate it much, short enough that a run reaches the real rate within seconds.
+const BOUND_WINDOW: Duration = Duration::from_secs(1);
 /// The share of the measured refill rate that is used.
 const RATE_MARGIN: f64 = 0.97;
 /// Waiting without any information (no answer yet) re-checks this often.
 const IDLE_RECHECK: Duration = Duration::from_millis(200);
+/// When nothing says when the next token comes (an answer without rate-limit headers, a
+/// request that got no answer), one is assumed after this long: every bucket Auth0 documents
+/// refills at least one token in it (the slowest, 50 a minute, one in 1.2 s).
+const NO_NEWS_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Debug)]
 struct Sample {
@@ -57,6 +88,8 @@ struct Sample {
     remaining: f64,
     /// Answers received in this class up to and including this one.
     answered: u64,
+    /// Requests still in flight when it came: the server may have counted them before it.
+    open: u64,
 }
 
 #[derive(Debug, Default)]
@@ -66,10 +99,11 @@ struct Bucket {
     tokens: f64,
     /// Tokens per second, once measured.
     refill: Option<f64>,
-    /// A lower bound of the refill rate from single answers, used until one is measured.
+    /// A lower bound of the refill rate, used until one is measured.
     provisional: Option<f64>,
     refilled_at: Option<Instant>,
-    full_at: Option<Instant>,
+    /// When the last answer said the next token comes, while that news is unused.
+    next_token_at: Option<Instant>,
     blocked_until: Option<Instant>,
     /// After a 429's wait one request may probe the bucket, whatever the local count says.
     probe: bool,
@@ -82,12 +116,18 @@ struct Bucket {
     answered: u64,
     /// Recent answers with the bucket below full, for measuring the refill rate.
     samples: VecDeque<Sample>,
+    /// Every recent answer, for the lower bound.
+    gains: VecDeque<Sample>,
 }
 
 impl Bucket {
+    fn rate(&self) -> Option<f64> {
+        self.refill.or(self.provisional)
+    }
+
     fn refill(&mut self, now: Instant) {
-        let rate = self.refill.or(self.provisional);
-        if let (Some(rate), Some(limit), Some(since)) = (rate, self.limit, self.refilled_at) {
+        if let (Some(rate), Some(limit), Some(since)) = (self.rate(), self.limit, self.refilled_at)
+        {
             let elapsed = now.saturating_duration_since(since).as_secs_f64();
             self.tokens = (self.tokens + rate * elapsed).min(limit);
         }
@@ -119,14 +159,14 @@ impl Bucket {
             };
         }
         self.refill(now);
-        if self.refill.or(self.provisional).is_none()
-            && let (Some(full), Some(limit)) = (self.full_at, self.limit)
-            && full <= now
+        if self.rate().is_none()
+            && let (Some(next), Some(limit)) = (self.next_token_at, self.limit)
+            && next <= now
         {
-            // The server said the bucket would be full by now; that news is used once, until
-            // an answer brings the next.
-            self.tokens = self.tokens.max(limit);
-            self.full_at = None;
+            // The server said one more token would be there by now; that news is used once,
+            // until an answer brings the next.
+            self.tokens = (self.tokens + 1.0).min(limit);
+            self.next_token_at = None;
         }
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -137,11 +177,17 @@ impl Bucket {
             return Ok(self.issue());
         }
         let missing = 1.0 - self.tokens;
-        let wait = match (self.refill.or(self.provisional), self.full_at) {
+        let wait = match (self.rate(), self.next_token_at) {
             (Some(rate), _) if rate > 0.0 => Duration::from_secs_f64(missing / rate),
-            (_, Some(full)) if full > now => full - now,
-            // Neither known: an answer still in flight will say more.
-            _ => IDLE_RECHECK,
+            (_, Some(next)) if next > now => next - now,
+            // Neither known: an answer still in flight will say more…
+            _ if self.in_flight > 0 => IDLE_RECHECK,
+            // …and with none (the last answer had no rate-limit headers, or no answer came),
+            // a token is assumed after a wait every documented bucket refills one in.
+            _ => {
+                self.next_token_at = Some(now + NO_NEWS_WAIT);
+                NO_NEWS_WAIT
+            }
         };
         Err(wait.max(Duration::from_millis(1)))
     }
@@ -181,24 +227,50 @@ impl Bucket {
             }
             self.limit = Some(limit);
             self.probe = false;
-            let until_full = until_unix(info.reset);
-            self.full_at = Some(now + until_full);
+            self.next_token_at = Some(now + until_unix(info.reset));
             if throttled.is_none() {
                 self.measure(remaining, limit, now);
-                // The reset is rounded up to a whole second and `remaining` down, so one token
-                // less over the time to the reset is a lower bound of the refill rate.
-                let missing = limit - remaining - 1.0;
-                if missing >= 1.0 && !until_full.is_zero() {
-                    let bound = missing / until_full.as_secs_f64();
-                    self.provisional =
-                        Some(self.provisional.map_or(bound, |known| known.max(bound)));
-                }
+                self.bound(remaining, now);
             }
         }
         if let Some(wait) = throttled {
             self.tokens = self.tokens.min(0.0);
             let until = now + wait;
             self.blocked_until = Some(self.blocked_until.map_or(until, |old| old.max(until)));
+        }
+    }
+
+    /// The lower bound: the most any window of a second or more shows the bucket gained.
+    fn bound(&mut self, remaining: f64, now: Instant) {
+        self.gains.push_back(Sample {
+            at: now,
+            remaining,
+            answered: self.answered,
+            open: self.open_tickets.len() as u64,
+        });
+        while self
+            .gains
+            .front()
+            .is_some_and(|oldest| now.duration_since(oldest.at) > MAX_WINDOW)
+        {
+            self.gains.pop_front();
+        }
+        let bound = self
+            .gains
+            .iter()
+            .filter(|sample| now.duration_since(sample.at) >= BOUND_WINDOW)
+            .map(|sample| {
+                // Requests answered since, less those in flight at the sample (the server may
+                // have counted them before it), and one token for the rounding of `remaining`.
+                let consumed = (self.answered - sample.answered).saturating_sub(sample.open);
+                let gained = remaining - sample.remaining + consumed as f64 - 1.0;
+                gained / now.duration_since(sample.at).as_secs_f64()
+            })
+            .fold(None, |best: Option<f64>, rate| {
+                Some(best.map_or(rate, |best| best.max(rate)))
+            });
+        if let Some(bound) = bound.filter(|bound| *bound > 0.0) {
+            self.provisional = Some(bound * RATE_MARGIN);
         }
     }
 
@@ -212,6 +284,7 @@ impl Bucket {
             at: now,
             remaining,
             answered: self.answered,
+            open: 0,
         });
         while self
             .samples
@@ -250,8 +323,57 @@ fn until_unix(reset: u64) -> Duration {
 /// The buckets of one tenant, shared by every request of a client.
 #[derive(Debug, Default)]
 pub struct RateLimiter {
-    buckets: Mutex<HashMap<EndpointClass, Bucket>>,
+    buckets: Mutex<Buckets>,
     changed: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Buckets {
+    by_class: HashMap<EndpointClass, Bucket>,
+    /// The Management API class answered last: its count is the newest news of a bucket that
+    /// may be shared by every class.
+    newest: Option<EndpointClass>,
+}
+
+impl Buckets {
+    /// The bucket of `class`; one never answered starts from the newest Management API count.
+    fn get(&mut self, class: EndpointClass, now: Instant) -> &mut Bucket {
+        let seed = match (self.by_class.get(&class), self.newest) {
+            (Some(bucket), _) if bucket.limit.is_some() => None,
+            (_, Some(newest)) if newest != class && class.is_management() => {
+                self.by_class.get_mut(&newest).map(|known| {
+                    known.refill(now);
+                    (known.limit, known.tokens, known.next_token_at)
+                })
+            }
+            _ => None,
+        };
+        let bucket = self.by_class.entry(class).or_default();
+        if let Some((limit, tokens, next_token_at)) = seed {
+            bucket.limit = limit;
+            bucket.tokens = tokens;
+            bucket.next_token_at = next_token_at;
+            bucket.refilled_at = Some(now);
+        }
+        bucket
+    }
+
+    /// After an answer of `class`: its count bounds every other Management API class's.
+    fn bound_others(&mut self, class: EndpointClass, now: Instant) {
+        if !class.is_management() {
+            return;
+        }
+        let Some(tokens) = self.by_class.get(&class).map(|bucket| bucket.tokens) else {
+            return;
+        };
+        self.newest = Some(class);
+        for (other, bucket) in &mut self.by_class {
+            if *other != class && other.is_management() && bucket.limit.is_some() {
+                bucket.refill(now);
+                bucket.tokens = bucket.tokens.min(tokens);
+            }
+        }
+    }
 }
 
 /// The right to send one request, and what it cost to get it.
@@ -280,9 +402,9 @@ impl RateLimiter {
         loop {
             let notified = self.changed.notified();
             let wait = {
+                let now = Instant::now();
                 let mut buckets = self.lock();
-                let bucket = buckets.entry(class).or_default();
-                match bucket.try_take(Instant::now()) {
+                match buckets.get(class, now).try_take(now) {
                     Ok(ticket) => {
                         return Permit {
                             class,
@@ -304,13 +426,17 @@ impl RateLimiter {
     /// Records an answer: its rate headers, and for a 429 how long to hold the class back.
     pub fn observe(&self, permit: &Permit, info: Option<RateInfo>, throttled: Option<Duration>) {
         {
+            let now = Instant::now();
             let mut buckets = self.lock();
-            buckets.entry(permit.class).or_default().observe(
+            buckets.by_class.entry(permit.class).or_default().observe(
                 permit.ticket,
                 info,
                 throttled,
-                Instant::now(),
+                now,
             );
+            if info.is_some() {
+                buckets.bound_others(permit.class, now);
+            }
         }
         self.changed.notify_waiters();
     }
@@ -321,6 +447,7 @@ impl RateLimiter {
         {
             let mut buckets = self.lock();
             buckets
+                .by_class
                 .entry(permit.class)
                 .or_default()
                 .close(permit.ticket);
@@ -331,15 +458,16 @@ impl RateLimiter {
     pub fn snapshot(&self, class: EndpointClass) -> LimiterSnapshot {
         let buckets = self.lock();
         buckets
+            .by_class
             .get(&class)
             .map(|bucket| LimiterSnapshot {
                 remaining: bucket.limit.map(|_| bucket.tokens.max(0.0)),
-                refill_per_second: bucket.refill.or(bucket.provisional),
+                refill_per_second: bucket.rate(),
             })
             .unwrap_or_default()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<EndpointClass, Bucket>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Buckets> {
         // A panic while holding this lock cannot leave the counters inconsistent in a way
         // that matters more than stopping would, so a poisoned lock is simply reused.
         self.buckets
@@ -435,7 +563,7 @@ mod tests {
     }
 
     #[test]
-    fn an_announced_reset_refills_the_bucket_once() {
+    fn an_announced_reset_brings_one_token_not_a_full_bucket() {
         let mut bucket = Bucket::default();
         let now = Instant::now();
         let ticket = bucket.try_take(now).unwrap();
@@ -452,7 +580,67 @@ mod tests {
         assert!(bucket.try_take(now).is_err());
         let later = now + Duration::from_secs(3);
         let taken = (0..10).filter(|_| bucket.try_take(later).is_ok()).count();
-        assert_eq!(taken, 3, "one refill to the limit, not one per waiter");
+        assert_eq!(
+            taken, 1,
+            "the reset promises one more token (Auth0's reading), not a full bucket"
+        );
+    }
+
+    /// An answer whose next token is seconds away: nothing refills during a test.
+    fn info(limit: u32, remaining: u32) -> Option<RateInfo> {
+        Some(RateInfo {
+            limit,
+            remaining,
+            reset: unix_now() + 5,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_class_never_answered_starts_from_the_newest_count_of_another() {
+        let limiter = RateLimiter::new();
+        let read = limiter.acquire(EndpointClass::UsersRead).await;
+        // The (possibly global) bucket is empty after the reads.
+        limiter.observe(&read, info(50, 0), None);
+        let started = Instant::now();
+        let write = tokio::time::timeout(
+            Duration::from_millis(300),
+            limiter.acquire(EndpointClass::UsersWrite),
+        )
+        .await;
+        assert!(
+            write.is_err(),
+            "the first write waited for the reset instead of sending blind: {:?}",
+            started.elapsed()
+        );
+        // The token endpoint is another API: it is not held back.
+        let token = tokio::time::timeout(
+            Duration::from_millis(300),
+            limiter.acquire(EndpointClass::Token),
+        )
+        .await;
+        assert!(token.is_ok());
+    }
+
+    #[tokio::test]
+    async fn every_answer_bounds_the_other_management_classes() {
+        let limiter = RateLimiter::new();
+        let write = limiter.acquire(EndpointClass::UsersWrite).await;
+        limiter.observe(&write, info(50, 40), None);
+        let read = limiter.acquire(EndpointClass::UsersRead).await;
+        limiter.observe(&read, info(50, 2), None);
+        // Two writes fit what the newest answer (of another class) left, not forty.
+        let mut sent = 0;
+        while tokio::time::timeout(
+            Duration::from_millis(50),
+            limiter.acquire(EndpointClass::UsersWrite),
+        )
+        .await
+        .is_ok()
+        {
+            sent += 1;
+            assert!(sent <= 2, "sent beyond the newest count");
+        }
+        assert_eq!(sent, 2);
     }
 
     #[test]
@@ -477,6 +665,71 @@ mod tests {
         assert_eq!(bucket.tokens, 4.0);
         bucket.observe(tickets[1], info(7), None, now);
         assert_eq!(bucket.tokens, 4.0, "an older answer changes nothing");
+    }
+
+    #[test]
+    fn without_news_an_empty_bucket_still_sends_after_a_safe_wait() {
+        let mut bucket = Bucket::default();
+        let now = Instant::now();
+        let ticket = bucket.try_take(now).unwrap();
+        bucket.observe(
+            ticket,
+            Some(RateInfo {
+                limit: 3,
+                remaining: 0,
+                reset: unix_now() + 1,
+            }),
+            None,
+            now,
+        );
+        // The reset's token is taken; its answer never comes (a dropped connection).
+        let later = now + Duration::from_secs(2);
+        let lost = bucket.try_take(later).unwrap();
+        bucket.close(lost);
+        let wait = bucket.try_take(later).unwrap_err();
+        assert_eq!(wait, NO_NEWS_WAIT);
+        assert!(bucket.try_take(later + wait).is_ok(), "not stuck for ever");
+    }
+
+    #[test]
+    fn the_lower_bound_grows_with_what_the_bucket_shows_it_refilled() {
+        let mut bucket = Bucket::default();
+        let start = Instant::now();
+        // A bucket of 5 refilled at 40/s, asked one request at a time: every answer finds it
+        // full again, so no accurate rate can be measured, but what it gave is a lower bound.
+        let mut at = start;
+        for _ in 0..12 {
+            let ticket = bucket.issue();
+            bucket.observe(
+                ticket,
+                Some(RateInfo {
+                    limit: 5,
+                    remaining: 4,
+                    reset: unix_now() + 1,
+                }),
+                None,
+                at,
+            );
+            // Then four more at once, answered at once: the bucket drained.
+            for remaining in (0..4).rev() {
+                let ticket = bucket.issue();
+                bucket.observe(
+                    ticket,
+                    Some(RateInfo {
+                        limit: 5,
+                        remaining,
+                        reset: unix_now() + 1,
+                    }),
+                    None,
+                    at,
+                );
+            }
+            at += Duration::from_millis(250);
+        }
+        assert!(bucket.refill.is_none());
+        let bound = bucket.provisional.expect("a bound");
+        // Five tokens every 250 ms were taken: 20/s, less the rounding token, less the margin.
+        assert!((14.0..=20.0).contains(&bound), "{bound}");
     }
 
     #[test]
