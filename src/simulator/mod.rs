@@ -14,12 +14,14 @@
 //! differs from Auth0.
 //!
 //! This file holds the public API and the server's start and stop; the parts live in
-//! `tenant` (data), `patch` (PATCH rules), `search`, `export` (jobs and downloads), `auth`
-//! (tokens), `limits` (token buckets), `faults`, `reply` (Auth0-shaped answers) and `routes`.
+//! `tenant` (data), `patch` (PATCH rules), `get_user` (the Get User script run on an email or
+//! username change), `search`, `export` (jobs and downloads), `auth` (tokens), `limits` (token
+//! buckets), `faults`, `reply` (Auth0-shaped answers) and `routes`.
 
 mod auth;
 mod export;
 mod faults;
+mod get_user;
 mod limits;
 mod patch;
 mod reply;
@@ -77,6 +79,31 @@ impl Default for SimulatorConfig {
     }
 }
 
+/// How a database connection of the simulated tenant is set up (see
+/// [`Simulator::configure_connection`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ConnectionSettings {
+    /// "Import Users to Auth0": users are copied into Auth0 at first login (migrated).
+    pub import_mode: bool,
+    /// `options.set_user_root_attributes`: `None` is Auth0's default, `on_each_login`, which
+    /// the connection object then leaves out; `on_first_login` and `never_on_login` let the
+    /// Management API change a cached profile's name, nickname, given and family name and
+    /// picture.
+    pub set_user_root_attributes: Option<String>,
+    /// The connection's Get User script, which Auth0 runs on an email or username change of an
+    /// import-mode connection; `None` is a script that finds nobody.
+    pub get_user: Option<GetUserScript>,
+}
+
+/// A Get User script as the simulator runs it: a query against a PostgreSQL database (the
+/// legacy one, as a real script would), with the new email or username, lower-cased, as `$1`
+/// (text). Any row means the script found a user, and Auth0 refuses the change.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GetUserScript {
+    pub database_url: String,
+    pub query: String,
+}
+
 /// What the simulator has seen, as of [`Simulator::stats`].
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
@@ -97,6 +124,11 @@ pub struct Stats {
     pub patches_applied: u64,
     /// DELETE user requests; driftsync must never send one.
     pub deletes: u64,
+    /// Verification emails Auth0 would have sent (see `SIMULATOR.md`, PATCH).
+    pub verification_emails: u64,
+    /// Get User script runs, and those that found the new value (the PATCH was refused).
+    pub get_user_runs: u64,
+    pub get_user_refusals: u64,
     /// Requests per endpoint, e.g. `"GET /api/v2/jobs/{id}"`, including `POST /oauth/token`
     /// and `GET /download/{job}`.
     pub by_endpoint: BTreeMap<String, u64>,
@@ -315,6 +347,18 @@ impl Simulator {
         lock(&self.shared.tenant).add_connection(name, import_mode)
     }
 
+    /// Adds a database connection with these settings (or replaces the settings of the
+    /// existing one with that name) and returns its id.
+    pub fn configure_connection(&self, name: &str, settings: ConnectionSettings) -> String {
+        lock(&self.shared.tenant).configure_connection(name, settings)
+    }
+
+    /// Removes a user, as an administrator deleting it in the Dashboard would (not counted in
+    /// [`Stats::deletes`], which counts the Management API's DELETEs); true if it existed.
+    pub fn remove_user(&self, auth0_id: &str) -> bool {
+        lock(&self.shared.tenant).remove(auth0_id)
+    }
+
     /// Stores a user of `connection` (a name or id; an unknown name is created without import
     /// mode). `profile` is shaped like an export line; `identities`, `created_at` and
     /// `updated_at` are added when absent, and a missing `user_id` is generated. The user is
@@ -373,8 +417,10 @@ impl Simulator {
 
     /// The stored profile of `auth0_id` (`auth0|…`).
     pub fn user(&self, auth0_id: &str) -> Option<Value> {
-        let profile = lock(&self.shared.tenant).profile(auth0_id);
-        profile.map(|(profile, _)| Value::Object(profile))
+        let tenant = lock(&self.shared.tenant);
+        tenant
+            .profile(auth0_id)
+            .map(|(profile, _)| Value::Object(profile))
     }
 
     pub fn user_count(&self) -> usize {

@@ -1,10 +1,14 @@
 //! `PATCH /api/v2/users/{id}` as Auth0 applies it, as a pure function of the stored profile,
-//! the user's migration state and the request body.
+//! the user's state (migrated or cached, what its connection lets the API change) and the
+//! request body. The Get User script that Auth0 runs on an email or username change of an
+//! import-mode connection is an I/O step around this (see `routes.rs`); [`changed_identifiers`]
+//! says when it runs.
 //!
 //! Checks run in the order Auth0's validator appears to use: the body's shape, unknown
 //! properties, property types, rejected combinations, and only then what a cached
 //! (not migrated) profile may change. Where Auth0's documentation and observed behaviour
-//! differ, the stricter reading is implemented (see `SIMULATOR.md`).
+//! differ, the stricter reading is implemented (see `SIMULATOR.md`, which names the source of
+//! each rule).
 
 use serde_json::{Map, Value};
 
@@ -32,8 +36,9 @@ const ALLOWED: [&str; 18] = [
     "client_id",
 ];
 
-/// What a cached profile may carry in a PATCH body. `connection` and `client_id` are request
-/// context, not attributes.
+/// What a cached profile may carry in a PATCH body ("Update User Profiles Using Your
+/// Database": `app_metadata`, `user_metadata`, `blocked`). `connection` and `client_id` are
+/// request context, not attributes.
 const CACHED_ALLOWED: [&str; 5] = [
     "app_metadata",
     "user_metadata",
@@ -52,12 +57,55 @@ const NULLABLE: [&str; 6] = [
     "username",
 ];
 
-/// Pairs Auth0 refuses in one request.
-const REJECTED_PAIRS: [(&str, &str); 3] = [
-    ("username", "password"),
-    ("username", "email_verified"),
+/// Root attributes a cached profile may also change when its connection does not refresh
+/// them at login (`set_user_root_attributes` is `on_first_login` or `never_on_login`: "allowing
+/// them to be independently updated thereafter", Management API connection schema).
+const SYNCED_AT_LOGIN: [&str; 5] = ["name", "nickname", "given_name", "family_name", "picture"];
+
+/// Pairs Auth0 refuses in one request: the 400 answers "Cannot update X and Y
+/// simultaneously." of the Management API reference's "Update a user".
+const REJECTED_PAIRS: [(&str, &str); 5] = [
+    ("password", "email"),
     ("password", "email_verified"),
+    ("username", "email"),
+    ("username", "email_verified"),
+    ("username", "password"),
 ];
+
+/// What decides which changes a user takes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct UserState {
+    /// Migrated into Auth0's own store (the connection's `import_mode`).
+    pub migrated: bool,
+    /// A cached profile whose connection lets the Management API change its root attributes
+    /// (they are not refreshed at each login).
+    pub root_attributes_editable: bool,
+}
+
+impl UserState {
+    pub fn migrated() -> UserState {
+        UserState {
+            migrated: true,
+            root_attributes_editable: true,
+        }
+    }
+
+    fn allows(&self, key: &str) -> bool {
+        self.migrated
+            || CACHED_ALLOWED.contains(&key)
+            || (self.root_attributes_editable && SYNCED_AT_LOGIN.contains(&key))
+    }
+}
+
+/// What an applied PATCH set off besides the change.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Applied {
+    /// Auth0 mails the user a verification link: `verify_email: true`, or a new email without
+    /// `verify_email` and not stated verified (Auth0 documents these precedence rules for
+    /// creating a user; the simulator applies them to an email change too, the reading in
+    /// which a mail goes out unless the request says otherwise).
+    pub verification_email: bool,
+}
 
 /// Why a PATCH body is refused; all are 400 answers.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -86,13 +134,10 @@ pub(crate) enum PatchError {
     BadEmail(String),
     #[error("Cannot update {0} and {1} simultaneously.")]
     Combination(&'static str, &'static str),
-    #[error(
-        "Cannot update root attribute '{0}': the user's profile is cached from a custom database \
-         connection that does not import users (import_mode is off). Only app_metadata, \
-         user_metadata and blocked can be updated; change other attributes in the custom database, \
-         Auth0 refreshes the cached profile at the next login."
-    )]
+    #[error("The following user attributes cannot be updated: {0}.")]
     CachedProfile(String),
+    #[error("Cannot update username for users without an username already set.")]
+    NoUsernameYet,
 }
 
 impl PatchError {
@@ -104,27 +149,59 @@ impl PatchError {
     }
 }
 
+/// The email and username a (valid) body changes, lower-cased as Auth0 stores them: what
+/// Auth0 asks an import-mode connection's Get User script about.
+pub(crate) fn changed_identifiers(
+    profile: &Map<String, Value>,
+    body: &Value,
+) -> Vec<(&'static str, String)> {
+    ["email", "username"]
+        .into_iter()
+        .filter_map(|key| {
+            let new = body.get(key)?.as_str()?.to_lowercase();
+            let old = profile.get(key).and_then(Value::as_str);
+            old.is_none_or(|old| old.to_lowercase() != new)
+                .then_some((key, new))
+        })
+        .collect()
+}
+
 /// Validates `body` and applies it to `profile`; on error `profile` is untouched.
 /// `now` becomes `updated_at`.
 pub(crate) fn apply(
     profile: &mut Map<String, Value>,
-    migrated: bool,
+    state: UserState,
     body: &Value,
     now: &str,
-) -> Result<(), PatchError> {
-    let body = validate(body, migrated)?;
+) -> Result<Applied, PatchError> {
+    let body = validate(body, state)?;
+    if body.get("username").is_some_and(Value::is_string) && !profile.contains_key("username") {
+        return Err(PatchError::NoUsernameYet);
+    }
+    let mut applied = Applied::default();
+    let verify_email = body.get("verify_email").and_then(Value::as_bool);
+    applied.verification_email = verify_email == Some(true);
     for (key, value) in body {
         match key.as_str() {
+            // Auth0's own store keeps emails and usernames lower-cased.
             "email" => {
                 let email = value.as_str().unwrap_or_default().to_lowercase();
                 let changed = profile
                     .get("email")
                     .and_then(Value::as_str)
                     .is_none_or(|old| old.to_lowercase() != email);
-                if changed && !body.contains_key("email_verified") {
+                let stated = body.get("email_verified").and_then(Value::as_bool);
+                if changed && stated.is_none() {
                     profile.insert("email_verified".into(), Value::Bool(false));
                 }
+                if changed && verify_email.is_none() && stated != Some(true) {
+                    applied.verification_email = true;
+                }
                 profile.insert(key.clone(), Value::String(email));
+            }
+            "username" if value.is_string() => {
+                let username = value.as_str().unwrap_or_default().to_lowercase();
+                profile.insert(key.clone(), Value::String(username));
             }
             "user_metadata" | "app_metadata" => merge_metadata(profile, key, value),
             // Write-only or request context: never part of the profile.
@@ -138,10 +215,15 @@ pub(crate) fn apply(
         }
     }
     profile.insert("updated_at".into(), Value::String(now.to_owned()));
-    Ok(())
+    Ok(applied)
 }
 
-fn validate(body: &Value, migrated: bool) -> Result<&Map<String, Value>, PatchError> {
+/// Checks a body's shape and properties, as for a migrated user (before the user is found).
+pub(crate) fn validate_body(body: &Value) -> Result<(), PatchError> {
+    validate(body, UserState::migrated()).map(|_| ())
+}
+
+fn validate(body: &Value, state: UserState) -> Result<&Map<String, Value>, PatchError> {
     let Value::Object(body) = body else {
         return Err(PatchError::NotAnObject(type_name(body)));
     };
@@ -159,12 +241,13 @@ fn validate(body: &Value, migrated: bool) -> Result<&Map<String, Value>, PatchEr
             return Err(PatchError::Combination(first, second));
         }
     }
-    if !migrated
-        && let Some(root) = body
-            .keys()
-            .find(|key| !CACHED_ALLOWED.contains(&key.as_str()))
-    {
-        return Err(PatchError::CachedProfile(root.clone()));
+    let refused: Vec<&str> = body
+        .keys()
+        .map(String::as_str)
+        .filter(|key| !state.allows(key))
+        .collect();
+    if !refused.is_empty() {
+        return Err(PatchError::CachedProfile(refused.join(", ")));
     }
     Ok(body)
 }
@@ -249,8 +332,19 @@ mod tests {
     }
 
     fn patch(migrated: bool, body: Value) -> Result<Map<String, Value>, PatchError> {
+        let state = UserState {
+            migrated,
+            root_attributes_editable: false,
+        };
+        patch_as(state, body).map(|(profile, _)| profile)
+    }
+
+    fn patch_as(
+        state: UserState,
+        body: Value,
+    ) -> Result<(Map<String, Value>, Applied), PatchError> {
         let mut profile = user();
-        apply(&mut profile, migrated, &body, NOW).map(|()| profile)
+        apply(&mut profile, state, &body, NOW).map(|applied| (profile, applied))
     }
 
     #[test]
@@ -289,6 +383,64 @@ mod tests {
         assert_eq!(after["email_verified"], true);
         let same = patch(true, json!({"email": "A@x.io"})).unwrap();
         assert_eq!(same["email_verified"], true, "same address, case aside");
+    }
+
+    #[test]
+    fn a_new_email_mails_a_verification_link_unless_the_request_says_otherwise() {
+        let mailed = |body: Value| patch_as(UserState::migrated(), body).unwrap().1;
+        assert!(mailed(json!({"email": "b@x.io"})).verification_email);
+        assert!(mailed(json!({"email": "b@x.io", "email_verified": false})).verification_email);
+        assert!(!mailed(json!({"email": "b@x.io", "email_verified": true})).verification_email);
+        assert!(
+            !mailed(json!({"email": "b@x.io", "email_verified": false, "verify_email": false}))
+                .verification_email
+        );
+        assert!(mailed(json!({"name": "B", "verify_email": true})).verification_email);
+        assert!(
+            !mailed(json!({"email": "A@x.io"})).verification_email,
+            "the same address"
+        );
+    }
+
+    #[test]
+    fn usernames_are_stored_lower_cased_and_need_one_to_change() {
+        let mut profile = user();
+        profile.insert("username".into(), json!("old"));
+        apply(
+            &mut profile,
+            UserState::migrated(),
+            &json!({"username": "PatK"}),
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(profile["username"], "patk");
+        assert_eq!(
+            patch(true, json!({"username": "pat"})).unwrap_err(),
+            PatchError::NoUsernameYet
+        );
+        assert_eq!(
+            changed_identifiers(&profile, &json!({"username": "PATK", "email": "New@x.io"})),
+            [("email", "new@x.io".to_owned())]
+        );
+    }
+
+    #[test]
+    fn cached_root_attributes_take_changes_only_when_not_refreshed_at_login() {
+        let body = json!({"name": "B", "given_name": "Bea"});
+        assert_eq!(
+            patch(false, body.clone()).unwrap_err(),
+            PatchError::CachedProfile("given_name, name".into())
+        );
+        let editable = UserState {
+            migrated: false,
+            root_attributes_editable: true,
+        };
+        let (after, _) = patch_as(editable, body).unwrap();
+        assert_eq!(after["given_name"], "Bea");
+        assert_eq!(
+            patch_as(editable, json!({"email": "b@x.io"})).unwrap_err(),
+            PatchError::CachedProfile("email".into())
+        );
     }
 
     #[test]
@@ -353,6 +505,14 @@ mod tests {
             (
                 json!({"password": "p", "email_verified": false}),
                 PatchError::Combination("password", "email_verified"),
+            ),
+            (
+                json!({"password": "p", "email": "b@x.io"}),
+                PatchError::Combination("password", "email"),
+            ),
+            (
+                json!({"username": "u", "email": "b@x.io"}),
+                PatchError::Combination("username", "email"),
             ),
         ];
         for (body, expected) in cases {

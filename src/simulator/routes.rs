@@ -13,11 +13,11 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::limits::{Class, RateHeaders, Take};
 use super::reply::{ApiError, now_rfc3339};
-use super::{Shared, auth, export, faults, lock, patch, search};
+use super::{Shared, auth, export, faults, get_user, lock, patch, search};
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
@@ -211,9 +211,9 @@ async fn get_user(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let profile = lock(&shared.tenant)
-        .profile(&id)
-        .map(|(profile, _)| profile);
+    let tenant = lock(&shared.tenant);
+    let profile = tenant.profile(&id).map(|(profile, _)| profile);
+    drop(tenant);
     profile
         .map(|profile| Json(Value::Object(profile)))
         .ok_or_else(user_not_found)
@@ -226,7 +226,7 @@ async fn patch_user(
 ) -> Result<Json<Value>, ApiError> {
     shared.update_stats(|stats| stats.patches += 1);
     let parsed: Option<Value> = serde_json::from_slice(&body).ok();
-    let result = apply_patch(&shared, &id, parsed.as_ref());
+    let result = apply_patch(&shared, &id, parsed.as_ref()).await;
     shared.record_patch(super::PatchRecord {
         user_id: id,
         body: parsed.unwrap_or(Value::Null),
@@ -235,27 +235,58 @@ async fn patch_user(
     result
 }
 
-fn apply_patch(shared: &Shared, id: &str, body: Option<&Value>) -> Result<Json<Value>, ApiError> {
+fn patch_refused(error: patch::PatchError) -> ApiError {
+    ApiError::bad_request(error.to_string(), error.error_code())
+}
+
+async fn apply_patch(
+    shared: &Shared,
+    id: &str,
+    body: Option<&Value>,
+) -> Result<Json<Value>, ApiError> {
     let body = body.ok_or_else(|| ApiError {
         status: StatusCode::BAD_REQUEST,
         message: "Invalid request payload JSON format".into(),
         error_code: None,
         attributes: None,
     })?;
-    let to_api =
-        |error: patch::PatchError| ApiError::bad_request(error.to_string(), error.error_code());
     let now = now_rfc3339();
+    // First the body and the user's rules, on a copy; then, for an email or username change of
+    // an import-mode connection, the Get User script (no lock held while it runs).
+    let lookups = {
+        let tenant = lock(&shared.tenant);
+        let Some((profile, connection)) = tenant.profile(id) else {
+            drop(tenant);
+            // The body is validated before the user is looked up.
+            patch::validate_body(body).map_err(patch_refused)?;
+            return Err(user_not_found());
+        };
+        let script = connection.get_user().cloned();
+        patch::apply(&mut profile.clone(), connection.user_state(), body, &now)
+            .map_err(patch_refused)?;
+        script.map(|script| (script, patch::changed_identifiers(&profile, body)))
+    };
+    if let Some((script, changed)) = lookups {
+        for (attribute, value) in changed {
+            shared.update_stats(|stats| stats.get_user_runs += 1);
+            if get_user::finds(&script, &value).await? {
+                shared.update_stats(|stats| stats.get_user_refusals += 1);
+                return Err(get_user::refusal(attribute));
+            }
+        }
+    }
     let mut tenant = lock(&shared.tenant);
-    let Some((mut profile, migrated)) = tenant.profile(id) else {
-        drop(tenant);
-        // The body is validated before the user is looked up.
-        patch::apply(&mut Map::new(), true, body, &now).map_err(to_api)?;
+    let Some((mut profile, connection)) = tenant.profile(id) else {
         return Err(user_not_found());
     };
-    patch::apply(&mut profile, migrated, body, &now).map_err(to_api)?;
+    let state = connection.user_state();
+    let applied = patch::apply(&mut profile, state, body, &now).map_err(patch_refused)?;
     tenant.replace(id, &profile);
     drop(tenant);
-    shared.update_stats(|stats| stats.patches_applied += 1);
+    shared.update_stats(|stats| {
+        stats.patches_applied += 1;
+        stats.verification_emails += u64::from(applied.verification_email);
+    });
     Ok(Json(Value::Object(profile)))
 }
 

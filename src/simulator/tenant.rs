@@ -14,7 +14,9 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::{Map, Value, json};
 
+use super::patch::UserState;
 use super::reply::{now_rfc3339, random_text};
+use super::{ConnectionSettings, GetUserScript};
 
 /// Prefix of database-connection user ids.
 const AUTH0_PREFIX: &str = "auth0|";
@@ -24,27 +26,50 @@ const AUTH0_PREFIX: &str = "auth0|";
 pub(crate) struct Connection {
     pub id: String,
     pub name: String,
-    /// "Import Users to Auth0": users are copied into Auth0 at first login (migrated).
-    pub import_mode: bool,
+    pub settings: ConnectionSettings,
 }
 
 impl Connection {
-    /// The connection as `GET /api/v2/connections` shows it.
+    /// The connection as `GET /api/v2/connections` shows it. `set_user_root_attributes` is
+    /// left out while it has its default, `on_each_login` (as Auth0's API is seen to do).
     pub fn to_json(&self) -> Value {
+        let mut options = json!({
+            "import_mode": self.settings.import_mode,
+            "enabledDatabaseCustomization": true,
+            "brute_force_protection": true,
+            "requires_username": false,
+        });
+        if let Some(sync) = &self.settings.set_user_root_attributes {
+            options["set_user_root_attributes"] = json!(sync);
+        }
         json!({
             "id": self.id,
             "name": self.name,
             "strategy": "auth0",
-            "options": {
-                "import_mode": self.import_mode,
-                "enabledDatabaseCustomization": true,
-                "brute_force_protection": true,
-                "requires_username": false,
-            },
+            "options": options,
             "enabled_clients": [],
             "is_domain_connection": false,
             "realms": [self.name],
         })
+    }
+
+    /// What the connection lets a PATCH change for its users.
+    pub fn user_state(&self) -> UserState {
+        UserState {
+            migrated: self.settings.import_mode,
+            root_attributes_editable: matches!(
+                self.settings.set_user_root_attributes.as_deref(),
+                Some("on_first_login" | "never_on_login")
+            ),
+        }
+    }
+
+    /// The Get User script Auth0 runs on an email or username change: only with import mode.
+    pub fn get_user(&self) -> Option<&GetUserScript> {
+        self.settings
+            .get_user
+            .as_ref()
+            .filter(|_| self.settings.import_mode)
     }
 }
 
@@ -73,19 +98,31 @@ pub(crate) struct Tenant {
 }
 
 impl Tenant {
-    /// Adds a connection, or updates `import_mode` of the one with that name; returns its id.
-    pub fn add_connection(&mut self, name: &str, import_mode: bool) -> String {
+    /// Adds a connection, or replaces the settings of the one with that name; returns its id.
+    pub fn configure_connection(&mut self, name: &str, settings: ConnectionSettings) -> String {
         if let Some(existing) = self.connections.iter_mut().find(|c| c.name == name) {
-            existing.import_mode = import_mode;
+            existing.settings = settings;
             return existing.id.clone();
         }
         let id = format!("con_{}", random_text(16));
         self.connections.push(Connection {
             id: id.clone(),
             name: name.to_owned(),
-            import_mode,
+            settings,
         });
         id
+    }
+
+    /// Adds a connection, or updates `import_mode` of the one with that name; returns its id.
+    pub fn add_connection(&mut self, name: &str, import_mode: bool) -> String {
+        let mut settings = self
+            .connections
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| c.settings.clone())
+            .unwrap_or_default();
+        settings.import_mode = import_mode;
+        self.configure_connection(name, settings)
     }
 
     pub fn connections(&self) -> &[Connection] {
@@ -126,15 +163,13 @@ impl Tenant {
         self.users.insert(user_id, user);
     }
 
-    /// The parsed profile and whether the user is migrated (its connection imports users).
-    pub fn profile(&self, user_id: &str) -> Option<(Map<String, Value>, bool)> {
+    /// The parsed profile and its connection.
+    pub fn profile(&self, user_id: &str) -> Option<(Map<String, Value>, &Connection)> {
         let stored = self.users.get(user_id)?;
-        let migrated = self
-            .connection(stored.connection)
-            .is_some_and(|c| c.import_mode);
+        let connection = self.connection(stored.connection)?;
         // Stored JSON was produced or validated by this module, so it parses.
         let profile = serde_json::from_str(&stored.json).ok()?;
-        Some((profile, migrated))
+        Some((profile, connection))
     }
 
     /// Replaces a user's profile (after a PATCH), keeping its connection.
@@ -348,8 +383,8 @@ mod tests {
             [r#"{"user_id":"auth0|1"}"#, r#"{"user_id":"auth0|3"}"#]
         );
         assert_eq!(tenant.snapshot(None, Some(2)).len(), 2);
-        let (_, migrated) = tenant.profile("auth0|1").unwrap();
-        assert!(migrated);
-        assert!(!tenant.profile("auth0|2").unwrap().1);
+        let (_, connection) = tenant.profile("auth0|1").unwrap();
+        assert!(connection.user_state().migrated);
+        assert!(!tenant.profile("auth0|2").unwrap().1.user_state().migrated);
     }
 }

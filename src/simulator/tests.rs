@@ -477,7 +477,39 @@ async fn patch_follows_auth0_rules() {
     let (status, body) = h.patch("auth0|2", json!({"name": "Changed"})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["errorCode"], "operation_not_supported");
-    assert!(body["message"].as_str().unwrap().contains("cached"));
+    assert_eq!(
+        body["message"],
+        "The following user attributes cannot be updated: name."
+    );
+    // Once the connection stops refreshing root attributes at login, the API may change them,
+    // and the connection object says so (it leaves the option out while it is the default).
+    let (_, connections) = h.get("/api/v2/connections?name=cached").await;
+    assert!(
+        connections[0]["options"]
+            .get("set_user_root_attributes")
+            .is_none(),
+        "{connections}"
+    );
+    h.sim.configure_connection(
+        "cached",
+        ConnectionSettings {
+            set_user_root_attributes: Some("on_first_login".into()),
+            ..ConnectionSettings::default()
+        },
+    );
+    let (_, connections) = h.get("/api/v2/connections?name=cached").await;
+    assert_eq!(
+        connections[0]["options"]["set_user_root_attributes"],
+        "on_first_login"
+    );
+    let (status, body) = h.patch("auth0|2", json!({"name": "Changed"})).await;
+    assert_eq!((status, &body["name"]), (StatusCode::OK, &json!("Changed")));
+    let (status, _) = h.patch("auth0|2", json!({"email": "c@x.io"})).await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "an email still needs import mode"
+    );
     let (status, body) = h
         .patch(
             "auth0|2",
@@ -546,7 +578,7 @@ async fn patch_follows_auth0_rules() {
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     let stats = h.sim.stats();
-    assert_eq!((stats.patches, stats.patches_applied), (11, 5));
+    assert_eq!((stats.patches, stats.patches_applied), (13, 6));
 }
 
 #[tokio::test]
@@ -558,7 +590,7 @@ async fn buckets_throttle_with_headers_and_count_over_limit_attempts() {
     let h = Harness::start(SimulatorConfig {
         limits: Limits {
             users_read: read,
-            ..Limits::enterprise()
+            ..Limits::per_class(BucketLimit::ENTERPRISE)
         },
         ..SimulatorConfig::default()
     })
