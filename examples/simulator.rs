@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use driftsync::simulator::{BucketLimit, Faults, Simulator, SimulatorConfig};
+use driftsync::simulator::{BucketLimit, Faults, Limits, Simulator, SimulatorConfig};
 
 #[derive(Parser)]
 struct Args {
@@ -29,10 +29,15 @@ struct Args {
     /// The connection's import_mode (automatic migration).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     import_mode: bool,
-    /// Burst of the users-write bucket (PATCH); default: Enterprise, 50.
+    /// How the Management API's buckets are laid out: `global` (Enterprise: one bucket for
+    /// every endpoint, of the size below) or `per-endpoint` (Essentials/Professional: the
+    /// users-write bucket of the size below, the others at the same size).
+    #[arg(long, default_value = "global", value_parser = ["global", "per-endpoint"])]
+    layout: String,
+    /// Burst of the users-write bucket (PATCH), or of the global one; default: Enterprise, 50.
     #[arg(long, default_value_t = 50)]
     write_burst: u32,
-    /// Sustained users-write rate per second; default: Enterprise, 16.
+    /// Sustained rate per second of that bucket; default: Enterprise, 16.
     #[arg(long, default_value_t = 16.0)]
     write_rate: f64,
     /// Latency added to every Management API answer, in milliseconds.
@@ -44,10 +49,14 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut config = SimulatorConfig::default();
-    config.limits.users_write = BucketLimit {
+    let bucket = BucketLimit {
         burst: args.write_burst,
         per_second: args.write_rate,
     };
+    config.limits = Limits::per_class(bucket);
+    if args.layout == "global" {
+        config.limits.global = Some(bucket);
+    }
     let simulator = Simulator::start_on(args.listen, config).await?;
     simulator.set_faults(Faults {
         latency: std::time::Duration::from_millis(args.latency_ms),
