@@ -3,10 +3,14 @@
 //! `user_metadata.lang` — as a stable 64-bit hash of its canonical form.
 //!
 //! The canonical form applies the equality rules, so two values that compare equal always hash
-//! the same: `""` and NULL are no value, emails are lower-cased, a missing boolean is `false`,
-//! a value Auth0 generates as a default counts as no value (on either side), JSON numbers are
-//! written by value and objects with sorted keys. With a baseline B, a differing key changed on the legacy side when Auth0
-//! still equals B, on the Auth0 side when legacy still equals B, and on both when neither does.
+//! the same: `""` and NULL are no value, emails and usernames are lower-cased, a missing boolean
+//! is `false`, a value Auth0 generates as a default counts as no value (on either side), JSON
+//! numbers are written by value and objects with sorted keys. With a baseline B, a differing key
+//! changed on the legacy side when Auth0 still equals B, on the Auth0 side when legacy still
+//! equals B, and on both when neither does.
+//!
+//! A user's set also says what the run that wrote it saw of the user ([`Seen`]): the set is the
+//! evidence that the user was once matched with a legacy row.
 
 use std::borrow::Cow;
 
@@ -152,7 +156,7 @@ fn canonical<'p>(field: Field, own: &'p Profile<'_>, other: &Profile<'_>) -> Opt
             if is_generated_default(field, text, other, own) {
                 return None;
             }
-            if field == Field::Email
+            if field.ignores_case()
                 && (!text.is_ascii() || text.bytes().any(|b| b.is_ascii_uppercase()))
             {
                 return Some(Cow::Owned(text.to_lowercase()));
@@ -344,8 +348,53 @@ pub fn change(values: &KeyValues, baseline: i64) -> Change {
 
 /// Tag of a metadata key: the field index with this bit set, then the key's length and bytes.
 const METADATA_TAG: u8 = 0x40;
+/// Tag of the entry that says what the run that wrote the set saw of the user (see [`Seen`]):
+/// no key, one byte. It is always a set's first entry.
+const SEEN_TAG: u8 = 0x3F;
 /// Tag of a key that names no known field (kept verbatim so nothing is lost).
 const RAW_TAG: u8 = 0x7F;
+
+/// What the run that last matched a user with its legacy row saw of the user. Every set a run
+/// writes starts with it, so a stored set is itself the evidence that an earlier run matched
+/// the user: an Auth0 user without a legacy row but with a set was deleted from legacy
+/// (`orphaned`), and a legacy row whose Auth0 user is gone although the set says `Migrated` was
+/// deleted in Auth0 (`deleted_in_auth0`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// Matched, but the set was written before driftsync recorded how (state schema 4 and
+    /// older).
+    Unknown,
+    /// Matched while Auth0 held the user in its own store.
+    Migrated,
+    /// Matched while Auth0 held only a cached copy of the legacy profile.
+    Cached,
+}
+
+impl Seen {
+    pub fn of(migrated: bool) -> Seen {
+        if migrated {
+            Seen::Migrated
+        } else {
+            Seen::Cached
+        }
+    }
+
+    fn code(self) -> u8 {
+        match self {
+            Seen::Unknown => 0,
+            Seen::Migrated => 1,
+            Seen::Cached => 2,
+        }
+    }
+
+    fn from_code(code: u8) -> Seen {
+        match code {
+            1 => Seen::Migrated,
+            2 => Seen::Cached,
+            _ => Seen::Unknown,
+        }
+    }
+}
 
 /// A stored key, as packed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -390,8 +439,9 @@ impl StoredKey<'_> {
 pub struct PackedBaselines<'a>(pub &'a [u8]);
 
 impl<'a> PackedBaselines<'a> {
+    /// The (key, hash) pairs, without the [`Seen`] entry.
     pub fn iter(&self) -> impl Iterator<Item = (StoredKey<'a>, i64)> + 'a {
-        let mut rest = self.0;
+        let mut rest = self.keys_part();
         std::iter::from_fn(move || {
             let (entry, after) = next_entry(rest)?;
             rest = after;
@@ -406,8 +456,26 @@ impl<'a> PackedBaselines<'a> {
             .map(|(_, hash)| hash)
     }
 
+    /// No set at all: no run has matched this user (or the set was forgotten).
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// What the run that wrote the set saw; `None` when there is no set.
+    pub fn seen(&self) -> Option<Seen> {
+        match self.0 {
+            [] => None,
+            [SEEN_TAG, code, ..] => Some(Seen::from_code(*code)),
+            _ => Some(Seen::Unknown),
+        }
+    }
+
+    /// The bytes after the [`Seen`] entry.
+    fn keys_part(&self) -> &'a [u8] {
+        match self.0 {
+            [SEEN_TAG, _, rest @ ..] => rest,
+            all => all,
+        }
     }
 
     /// The (key, hash) pairs with their names, for editing a set.
@@ -442,14 +510,34 @@ fn next_entry(bytes: &[u8]) -> Option<((StoredKey<'_>, i64), &[u8])> {
     Some(((key, i64::from_le_bytes(*hash)), rest))
 }
 
-/// Packs (key, hash) pairs (keys `field` or `field.key`) into the stored form.
-pub fn pack(entries: &[(String, i64)]) -> Box<[u8]> {
-    pack_pairs(entries.iter().map(|(key, hash)| (key.as_str(), *hash)))
+/// Packs (key, hash) pairs (keys `field` or `field.key`) into the stored form, after the
+/// entry saying what the run saw of the user.
+pub fn pack(seen: Seen, entries: &[(String, i64)]) -> Box<[u8]> {
+    pack_pairs(
+        seen,
+        entries.iter().map(|(key, hash)| (key.as_str(), *hash)),
+    )
 }
 
 /// [`pack`] for borrowed keys.
-pub fn pack_pairs<'a>(entries: impl IntoIterator<Item = (&'a str, i64)>) -> Box<[u8]> {
+pub fn pack_pairs<'a>(seen: Seen, entries: impl IntoIterator<Item = (&'a str, i64)>) -> Box<[u8]> {
     let mut packed = Vec::with_capacity(96);
+    packed.extend_from_slice(&[SEEN_TAG, seen.code()]);
+    append_pairs(&mut packed, entries);
+    packed.into_boxed_slice()
+}
+
+/// Packs pairs without a [`Seen`] entry: the form of state schema 4 and older.
+pub fn pack_without_seen(entries: &[(String, i64)]) -> Box<[u8]> {
+    let mut packed = Vec::with_capacity(96);
+    append_pairs(
+        &mut packed,
+        entries.iter().map(|(key, hash)| (key.as_str(), *hash)),
+    );
+    packed.into_boxed_slice()
+}
+
+fn append_pairs<'a>(packed: &mut Vec<u8>, entries: impl IntoIterator<Item = (&'a str, i64)>) {
     for (key, hash) in entries {
         let tag_at = packed.len();
         let field_and_name = match key.split_once('.') {
@@ -462,12 +550,12 @@ pub fn pack_pairs<'a>(entries: impl IntoIterator<Item = (&'a str, i64)>) -> Box<
             Some((field, None)) => packed.push(field.index() as u8),
             Some((field, Some(name))) => {
                 packed.push(METADATA_TAG | field.index() as u8);
-                crate::profile::write_len(&mut packed, name.len());
+                crate::profile::write_len(packed, name.len());
                 packed.extend_from_slice(name.as_bytes());
             }
             None => {
                 packed.push(RAW_TAG);
-                crate::profile::write_len(&mut packed, key.len());
+                crate::profile::write_len(packed, key.len());
                 packed.extend_from_slice(key.as_bytes());
             }
         }
@@ -479,7 +567,6 @@ pub fn pack_pairs<'a>(entries: impl IntoIterator<Item = (&'a str, i64)>) -> Box<
             None => packed.extend_from_slice(&hash.to_le_bytes()),
         }
     }
-    packed.into_boxed_slice()
 }
 
 #[cfg(test)]
@@ -533,22 +620,25 @@ mod tests {
             ("no_such_field".to_owned(), 1),
             ("name.x".to_owned(), 2),
         ];
-        let packed = pack(&entries);
+        let packed = pack(Seen::Migrated, &entries);
         let view = PackedBaselines(&packed);
         assert_eq!(view.entries(), entries);
+        assert_eq!(view.seen(), Some(Seen::Migrated));
         assert_eq!(view.find("user_metadata.lang"), Some(-8));
         assert_eq!(view.find("user_metadata"), None);
         assert_eq!(view.find("app_metadata.a.b"), Some(i64::MAX));
         assert_eq!(view.find("name.x"), Some(2));
         assert_eq!(view.find("name"), None);
-        // A root field takes its tag and its hash only; a boolean or no value, two bytes.
-        assert_eq!(pack(&[("email".to_owned(), 1)]).len(), 9);
+        // A root field takes its tag and its hash only; a boolean or no value, two bytes; the
+        // Seen entry, two.
+        assert_eq!(pack_without_seen(&[("email".to_owned(), 1)]).len(), 9);
+        assert_eq!(pack(Seen::Cached, &[("email".to_owned(), 1)]).len(), 11);
         let coded = vec![
             ("blocked".to_owned(), hash(Some("false"))),
             ("email_verified".to_owned(), hash(Some("true"))),
             ("user_metadata.x".to_owned(), no_value()),
         ];
-        let packed_coded = pack(&coded);
+        let packed_coded = pack_without_seen(&coded);
         assert_eq!(packed_coded.len(), 2 + 2 + 4);
         assert_eq!(PackedBaselines(&packed_coded).entries(), coded);
         // A damaged tail ends the walk instead of inventing entries.
@@ -556,6 +646,21 @@ mod tests {
             PackedBaselines(&packed[..packed.len() - 1]).iter().count(),
             4
         );
+    }
+
+    #[test]
+    fn a_set_says_whether_and_how_the_user_was_matched() {
+        assert_eq!(PackedBaselines(&[]).seen(), None, "no set: never matched");
+        for seen in [Seen::Migrated, Seen::Cached, Seen::Unknown] {
+            let packed = pack(seen, &[]);
+            assert_eq!(PackedBaselines(&packed).seen(), Some(seen));
+            assert!(!PackedBaselines(&packed).is_empty());
+            assert_eq!(PackedBaselines(&packed).iter().count(), 0);
+        }
+        // A set written before the Seen entry existed: matched, how unknown.
+        let old = pack_without_seen(&[("email".to_owned(), 1)]);
+        assert_eq!(PackedBaselines(&old).seen(), Some(Seen::Unknown));
+        assert_eq!(PackedBaselines(&old).find("email"), Some(1));
     }
     use crate::profile::fixtures::{profile, text};
 

@@ -14,6 +14,7 @@ use crate::config::{CacheSource, Config, Environment, MigratedRule, OrphanAction
 use crate::export::{self, ExportFilter};
 use crate::legacy;
 use crate::profile::Field;
+use crate::push::plan::DEFAULT_MIGRATED_FIELDS;
 
 pub async fn run(
     config: &Config,
@@ -82,6 +83,23 @@ pub async fn run(
                 }
             )?;
         }
+        writeln!(
+            out,
+            "           set_user_root_attributes {}",
+            match connection.options.set_user_root_attributes.as_deref() {
+                None => "on_each_login (the default): cached profiles refresh name, nickname, \
+                         given_name, family_name and picture at login"
+                    .to_owned(),
+                Some(value) if connection.options.root_attributes_refreshed() => value.to_owned(),
+                Some(value) => format!(
+                    "{value}: cached profiles keep their root attributes, so driftsync pushes \
+                     legacy changes of name, nickname, given_name, family_name and picture"
+                ),
+            }
+        )?;
+        for warning in get_user_warnings(config, &fields, connection.options.import_mode) {
+            writeln!(out, "warning    {warning}")?;
+        }
         if let Some(remaining) = auth0.limiter().snapshot(EndpointClass::Other).remaining {
             writeln!(
                 out,
@@ -136,6 +154,34 @@ pub async fn run(
     )?;
     writeln!(out, "\nEverything checked; nothing was written.")?;
     Ok(())
+}
+
+/// With import mode, Auth0 runs the connection's Get User script when a push changes an email
+/// or a username, and refuses the change when the script finds the new value in the legacy
+/// store — where the row already holds it. Whether such pushes succeed is up to the script.
+fn get_user_warnings(config: &Config, fields: &[Field], import_mode: bool) -> Vec<String> {
+    if !import_mode {
+        return Vec::new();
+    }
+    let pushable = config
+        .reconcile
+        .push_fields
+        .as_deref()
+        .unwrap_or(&DEFAULT_MIGRATED_FIELDS);
+    [Field::Email, Field::Username]
+        .into_iter()
+        .filter(|field| fields.contains(field) && pushable.contains(field))
+        .map(|field| {
+            format!(
+                "{field} can be pushed, and with import mode Auth0 runs the connection's Get User \
+                 script on every {field} change: a script that finds the new {field} in the \
+                 legacy database (where the row already holds it) makes Auth0 refuse the push \
+                 (\"The specified new {field} already exists\"). Let the script skip users who \
+                 already live in Auth0, for instance legacy rows marked as migrated; see the \
+                 README, \"Email and username pushes meet the Get User script\"."
+            )
+        })
+        .collect()
 }
 
 fn names(fields: &[Field]) -> String {

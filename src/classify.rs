@@ -23,10 +23,12 @@ pub enum Status {
     StaleCache,
     NotMigrated,
     Orphaned,
+    DeletedInAuth0,
+    Auth0Only,
 }
 
 impl Status {
-    pub const ALL: [Status; 7] = [
+    pub const ALL: [Status; 9] = [
         Status::InSync,
         Status::Stranded,
         Status::Auth0Ahead,
@@ -34,6 +36,8 @@ impl Status {
         Status::StaleCache,
         Status::NotMigrated,
         Status::Orphaned,
+        Status::DeletedInAuth0,
+        Status::Auth0Only,
     ];
 
     pub fn name(self) -> &'static str {
@@ -45,12 +49,47 @@ impl Status {
             Status::StaleCache => "stale_cache",
             Status::NotMigrated => "not_migrated",
             Status::Orphaned => "orphaned",
+            Status::DeletedInAuth0 => "deleted_in_auth0",
+            Status::Auth0Only => "auth0_only",
         }
     }
 
     /// Statuses that leave work for someone: the run exits 2 while any remain un-pushed.
     pub fn needs_action(self) -> bool {
-        matches!(self, Status::Stranded | Status::Conflict | Status::Orphaned)
+        matches!(
+            self,
+            Status::Stranded | Status::Conflict | Status::Orphaned | Status::DeletedInAuth0
+        )
+    }
+
+    /// Whether the report lists users of this status one by one (the others are only counted).
+    pub fn is_listed(self) -> bool {
+        !matches!(
+            self,
+            Status::InSync | Status::NotMigrated | Status::Auth0Only
+        )
+    }
+}
+
+/// What a comparison needs to know besides the two sides and the stored baselines.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules<'a> {
+    /// The compared fields.
+    pub fields: &'a [Field],
+    /// `Some(true)`: every user of the connection counts as migrated (import mode on, or
+    /// `auth0.migrated = "always"`); `Some(false)`: none does; `None`: a marker on each profile
+    /// says (`app_metadata.<key>`), which is then evidence that the user came from legacy.
+    pub connection_migrated: Option<bool>,
+    /// Whether Auth0 refreshes a cached profile's root attributes at each login: the
+    /// connection's `options.set_user_root_attributes` is `on_each_login` (its default).
+    pub root_attributes_refreshed: bool,
+}
+
+impl Rules<'_> {
+    /// Whether a difference in `field` of a cached (not migrated) profile stays until driftsync
+    /// pushes it: Auth0 refreshes nothing else at login when root attributes are not refreshed.
+    fn stays_in_cache(&self, field: Field) -> bool {
+        !self.root_attributes_refreshed && field.synced_at_login()
     }
 }
 
@@ -136,20 +175,22 @@ impl Verdict {
 pub type UserBaseline<'a> = PackedBaselines<'a>;
 
 /// Classifies one user id; at least one side is present. `baseline` holds the user's stored
-/// baseline hashes, if any.
+/// baseline set, if any: besides the hashes, its presence is the evidence that an earlier run
+/// matched the user with a legacy row (see [`baseline::Seen`]).
 pub fn classify(
-    fields: &[Field],
+    rules: &Rules<'_>,
     legacy: Option<&LegacyView<'_>>,
     auth0: Option<&Auth0User<'_>>,
     baseline: Option<UserBaseline<'_>>,
 ) -> Verdict {
+    let baseline = baseline.unwrap_or_default();
     let (legacy, auth0) = match (legacy, auth0) {
         (Some(legacy), Some(auth0)) => (legacy, auth0),
-        (Some(_), None) => return Verdict::plain(Status::NotMigrated),
-        (None, Some(auth0)) if auth0.migrated => return Verdict::plain(Status::Orphaned),
-        (None, _) => return Verdict::plain(Status::StaleCache),
+        (Some(_), None) => return Verdict::plain(legacy_only(rules, baseline)),
+        (None, Some(auth0)) => return Verdict::plain(auth0_only(rules, auth0, baseline)),
+        (None, None) => return Verdict::plain(Status::NotMigrated),
     };
-    let baseline = baseline.unwrap_or_default();
+    let fields = rules.fields;
     let remembered: Vec<(Field, &str)> = baseline
         .iter()
         .filter_map(|(key, _)| match key {
@@ -166,7 +207,19 @@ pub fn classify(
         };
     }
     let diffs = report_diffs(fields, &legacy.profile, &auth0.profile, &keys, &differing);
-    if !auth0.migrated {
+    // A cached profile's differences are refreshed at the next login, except the root
+    // attributes of a connection that does not refresh them: those stay until pushed.
+    let differing: Vec<usize> = if auth0.migrated {
+        differing
+    } else {
+        differing
+            .into_iter()
+            .filter(|&index| {
+                Field::from_name(&keys[index].key).is_some_and(|field| rules.stays_in_cache(field))
+            })
+            .collect()
+    };
+    if differing.is_empty() {
         return Verdict {
             status: Status::StaleCache,
             origin: None,
@@ -219,6 +272,36 @@ pub fn classify(
         diffs,
         keys,
         legacy_changed,
+    }
+}
+
+/// A legacy row without an Auth0 user: never migrated, or migrated and deleted in Auth0 since
+/// (its next login migrates it again). Only the set an earlier run stored tells.
+fn legacy_only(rules: &Rules<'_>, baseline: UserBaseline<'_>) -> Status {
+    let seen_migrated = match baseline.seen() {
+        None | Some(baseline::Seen::Cached) => false,
+        Some(baseline::Seen::Migrated) => true,
+        // A set written before driftsync recorded it: migrated if the whole connection is.
+        Some(baseline::Seen::Unknown) => rules.connection_migrated == Some(true),
+    };
+    if seen_migrated {
+        Status::DeletedInAuth0
+    } else {
+        Status::NotMigrated
+    }
+}
+
+/// An Auth0 user without a legacy row. Only evidence that it came from the legacy database —
+/// an earlier run matched it (its stored set), or the configured migration marker is set —
+/// makes it `orphaned` (or, cached, `stale_cache`); without any it most likely signed up in
+/// Auth0, where import mode creates new users directly.
+fn auth0_only(rules: &Rules<'_>, auth0: &Auth0User<'_>, baseline: UserBaseline<'_>) -> Status {
+    let marker_set = rules.connection_migrated.is_none() && auth0.migrated;
+    let evidence = !baseline.is_empty() || marker_set;
+    match (evidence, auth0.migrated) {
+        (false, _) => Status::Auth0Only,
+        (true, true) => Status::Orphaned,
+        (true, false) => Status::StaleCache,
     }
 }
 
@@ -285,7 +368,7 @@ pub fn diff(field: Field, legacy: &Profile<'_>, auth0: &Profile<'_>) -> Option<F
                 auth0_text.filter(|text| !generated(text)),
             ) {
                 (None, None) => true,
-                (Some(l), Some(a)) if field == Field::Email => emails_equal(l, a),
+                (Some(l), Some(a)) if field.ignores_case() => equal_ignoring_case(l, a),
                 (Some(l), Some(a)) => l == a,
                 _ => false,
             };
@@ -325,7 +408,7 @@ fn boolean(value: Option<&Value<'_>>) -> Option<bool> {
     }
 }
 
-pub fn emails_equal(a: &str, b: &str) -> bool {
+pub fn equal_ignoring_case(a: &str, b: &str) -> bool {
     // Either side may be the non-ASCII one (`k` and the Kelvin sign `K` lower-case alike), and
     // the baselines' canonical form lower-cases both: equality must not depend on the order.
     a.eq_ignore_ascii_case(b)
@@ -346,10 +429,10 @@ pub(crate) fn is_generated_default(
         .flatten()
         .filter(|email| !email.is_empty());
     match field {
-        Field::Name => emails.any(|email| emails_equal(email, value)),
+        Field::Name => emails.any(|email| equal_ignoring_case(email, value)),
         Field::Nickname => emails.any(|email| {
             let local = email.split_once('@').map_or(email, |(local, _)| local);
-            emails_equal(local, value)
+            equal_ignoring_case(local, value)
         }),
         Field::Picture => is_generated_picture(value),
         _ => false,
@@ -493,7 +576,7 @@ mod tests {
             (Field::Picture, text("https://cdn.auth0.com/avatars/sa.png")),
         ];
         let verdict = classify(
-            &fields,
+            &rules(&fields),
             Some(&legacy(None, &same)),
             Some(&auth0(true, None, &same)),
             None,
@@ -518,12 +601,12 @@ mod tests {
     }
 
     #[test]
-    fn emails_equal_is_symmetric() {
+    fn equal_ignoring_case_is_symmetric() {
         // The Kelvin sign lower-cases to an ASCII `k`; `is_ascii` of the first argument alone
         // decided whether to look beyond ASCII.
-        assert!(emails_equal("\u{212A}@x.io", "k@x.io"));
-        assert!(emails_equal("k@x.io", "\u{212A}@x.io"));
-        assert!(!emails_equal("k@x.io", "l@x.io"));
+        assert!(equal_ignoring_case("\u{212A}@x.io", "k@x.io"));
+        assert!(equal_ignoring_case("k@x.io", "\u{212A}@x.io"));
+        assert!(!equal_ignoring_case("k@x.io", "l@x.io"));
     }
 
     #[test]
@@ -595,13 +678,22 @@ mod tests {
         }
     }
 
+    /// Every user of the connection migrated, root attributes refreshed at login.
+    fn rules(fields: &[Field]) -> Rules<'_> {
+        Rules {
+            fields,
+            connection_migrated: Some(true),
+            root_attributes_refreshed: true,
+        }
+    }
+
     #[test]
     fn statuses_follow_the_design_table() {
         let fields = [Field::Email];
         let old = [(Field::Email, text("old@x.io"))];
         let new = [(Field::Email, text("new@x.io"))];
         let status = |l: Option<&LegacyView>, a: Option<&Auth0User>| {
-            let verdict = classify(&fields, l, a, None);
+            let verdict = classify(&rules(&fields), l, a, None);
             (verdict.status, verdict.origin)
         };
         assert_eq!(
@@ -640,25 +732,154 @@ mod tests {
             status(Some(&legacy(None, &new)), None),
             (Status::NotMigrated, None)
         );
+        // Without evidence that it ever had a legacy row, an Auth0-only user signed up.
         assert_eq!(
             status(None, Some(&auth0(true, None, &old))),
-            (Status::Orphaned, None)
+            (Status::Auth0Only, None)
         );
         assert_eq!(
             status(None, Some(&auth0(false, None, &old))),
-            (Status::StaleCache, None)
+            (Status::Auth0Only, None)
         );
+    }
+
+    #[test]
+    fn one_sided_users_need_evidence_from_an_earlier_run_or_the_marker() {
+        let fields = [Field::Email];
+        let old = [(Field::Email, text("old@x.io"))];
+        let verdict = |rules: &Rules, l: Option<&LegacyView>, a: Option<&Auth0User>, set: &[u8]| {
+            classify(rules, l, a, Some(PackedBaselines(set))).status
+        };
+        let import_mode = rules(&fields);
+        let marker = Rules {
+            connection_migrated: None,
+            ..rules(&fields)
+        };
+        let migrated_set = baseline::pack(baseline::Seen::Migrated, &[]);
+        let cached_set = baseline::pack(baseline::Seen::Cached, &[]);
+        let old_set = baseline::pack_without_seen(&[("email".to_owned(), 1)]);
+        let row = legacy(None, &old);
+        // Matched before, now without a legacy row: orphaned; a cached one: stale_cache.
+        let migrated_user = auth0(true, None, &old);
+        let cached_user = auth0(false, None, &old);
+        assert_eq!(
+            verdict(&import_mode, None, Some(&migrated_user), &migrated_set),
+            Status::Orphaned
+        );
+        assert_eq!(
+            verdict(&marker, None, Some(&cached_user), &cached_set),
+            Status::StaleCache
+        );
+        // The marker is evidence on its own; without it and without a set, a signup.
+        assert_eq!(
+            verdict(&marker, None, Some(&migrated_user), &[]),
+            Status::Orphaned
+        );
+        assert_eq!(
+            verdict(&marker, None, Some(&cached_user), &[]),
+            Status::Auth0Only
+        );
+        assert_eq!(
+            verdict(&import_mode, None, Some(&migrated_user), &[]),
+            Status::Auth0Only
+        );
+        // A legacy row whose Auth0 user is gone: deleted in Auth0 only if it was seen migrated.
+        assert_eq!(
+            verdict(&import_mode, Some(&row), None, &migrated_set),
+            Status::DeletedInAuth0
+        );
+        assert_eq!(
+            verdict(&marker, Some(&row), None, &cached_set),
+            Status::NotMigrated
+        );
+        assert_eq!(
+            verdict(&import_mode, Some(&row), None, &[]),
+            Status::NotMigrated
+        );
+        // A set from before driftsync recorded how it matched: migrated if the connection is.
+        assert_eq!(
+            verdict(&import_mode, Some(&row), None, &old_set),
+            Status::DeletedInAuth0
+        );
+        assert_eq!(
+            verdict(&marker, Some(&row), None, &old_set),
+            Status::NotMigrated
+        );
+        for status in [Status::Auth0Only, Status::NotMigrated, Status::InSync] {
+            assert!(!status.is_listed() && !status.needs_action(), "{status}");
+        }
+        assert!(Status::DeletedInAuth0.is_listed() && Status::DeletedInAuth0.needs_action());
+    }
+
+    #[test]
+    fn cached_root_attributes_not_refreshed_at_login_are_stranded() {
+        let fields = [Field::Name, Field::Email];
+        let legacy_side = legacy(
+            Some(20),
+            &[(Field::Name, text("New")), (Field::Email, text("n@x.io"))],
+        );
+        let cached = auth0(
+            false,
+            Some(10),
+            &[(Field::Name, text("Old")), (Field::Email, text("o@x.io"))],
+        );
+        let refreshed = classify(&rules(&fields), Some(&legacy_side), Some(&cached), None);
+        assert_eq!(refreshed.status, Status::StaleCache);
+        let not_refreshed = Rules {
+            root_attributes_refreshed: false,
+            ..rules(&fields)
+        };
+        let verdict = classify(&not_refreshed, Some(&legacy_side), Some(&cached), None);
+        assert_eq!(
+            (verdict.status, verdict.origin),
+            (Status::Stranded, Some(Origin::Timestamp))
+        );
+        // Both differences are reported; only the name is the legacy side's to push.
+        assert_eq!(verdict.diffs.len(), 2);
+        let pushed: Vec<&str> = verdict
+            .legacy_changed
+            .iter()
+            .map(|&index| verdict.keys[index].key.as_ref())
+            .collect();
+        assert_eq!(pushed, ["name"]);
+        // An email difference alone still refreshes at login.
+        let email_only = auth0(
+            false,
+            Some(10),
+            &[(Field::Name, text("New")), (Field::Email, text("o@x.io"))],
+        );
+        assert_eq!(
+            classify(&not_refreshed, Some(&legacy_side), Some(&email_only), None).status,
+            Status::StaleCache
+        );
+    }
+
+    #[test]
+    fn usernames_compare_case_insensitively_like_emails() {
+        let u = Field::Username;
+        assert!(!differs(u, &[(u, text("PatK"))], &[(u, text("patk"))]));
+        assert!(differs(u, &[(u, text("PatK"))], &[(u, text("pat"))]));
+        let keys = baseline::key_values(
+            &[u],
+            &profile(&[(u, text("PatK"))]),
+            &profile(&[(u, text("patk"))]),
+            &[],
+        );
+        assert!(!keys[0].differs(), "the baselines' canonical form agrees");
     }
 
     #[test]
     fn baselines_decide_the_three_cases() {
         let fields = [Field::Name];
         let named = |name: &'static str| [(Field::Name, text(name))];
-        let agreed = baseline::pack(&[("name".to_owned(), baseline::hash(Some("Old")))]);
+        let agreed = baseline::pack(
+            baseline::Seen::Migrated,
+            &[("name".to_owned(), baseline::hash(Some("Old")))],
+        );
         let case = |l: &'static str, a: &'static str| {
             // Timestamps that would say "auth0_ahead": the baseline must win over them.
             let verdict = classify(
-                &fields,
+                &rules(&fields),
                 Some(&legacy(Some(5), &named(l))),
                 Some(&auth0(true, Some(10), &named(a))),
                 Some(PackedBaselines(&agreed)),
@@ -683,7 +904,7 @@ mod tests {
     #[test]
     fn only_configured_fields_are_compared() {
         let verdict = classify(
-            &[Field::Name],
+            &rules(&[Field::Name]),
             Some(&legacy(None, &[(Field::Email, text("new@x.io"))])),
             Some(&auth0(true, None, &[(Field::Email, text("old@x.io"))])),
             None,

@@ -29,7 +29,8 @@ const EXIT_NEEDS_ACTION: u8 = 2;
         an export file), matches them by user id and reports which users have stranded changes, \
         and why it thinks so.\n\n\
         New here? `driftsync demo` shows the whole job on generated data.\n\n\
-        Exit codes: 0 nothing to act on; 2 stranded, conflict or orphaned users remain; 1 error.",
+        Exit codes: 0 nothing to act on; 2 stranded, conflict, orphaned or deleted_in_auth0 \
+        users remain; 1 error.",
     after_help = "Configuration keys are documented in config/driftsync.example.toml. \
         Logs go to stderr; set DRIFTSYNC_LOG (e.g. DRIFTSYNC_LOG=debug) to change their level."
 )]
@@ -71,8 +72,8 @@ enum Command {
     /// the stranded changes to Auth0.
     ///
     /// Report-only by default: nothing is written to the legacy database (ever) or to Auth0.
-    /// Exits 2 when stranded, conflict or orphaned users remain un-pushed, 0 when there is
-    /// nothing to act on. SIGTERM or Ctrl-C during a push stops new requests, lets those in
+    /// Exits 2 when stranded, conflict, orphaned or deleted_in_auth0 users remain un-pushed, 0
+    /// when there is nothing to act on (users who signed up in Auth0, auth0_only, need nothing). SIGTERM or Ctrl-C during a push stops new requests, lets those in
     /// flight finish and be journaled, and exits 1.
     Reconcile(ReconcileArgs),
     /// The scheduled worker: full runs on `schedule.full`, changes runs on `schedule.changes`,

@@ -58,6 +58,16 @@ pub enum OrphanAction {
     Block,
 }
 
+/// What a pushed email states as `email_verified` when the legacy query does not return it
+/// (`reconcile.pushed_email_verified`); with the column, the legacy value always wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushedEmailVerified {
+    /// `false`: a new address is not claimed verified (the default).
+    False,
+    /// Auth0's current value for the old address.
+    Keep,
+}
+
 /// A validated configuration.
 #[derive(Debug)]
 pub struct Config {
@@ -107,6 +117,9 @@ pub struct Reconcile {
     pub push: bool,
     pub max_push_fraction: f64,
     pub orphans: OrphanAction,
+    pub pushed_email_verified: PushedEmailVerified,
+    /// `verify_email` sent with every pushed email: whether Auth0 mails a verification link.
+    pub verify_email: bool,
 }
 
 #[derive(Debug)]
@@ -178,6 +191,8 @@ struct RawReconcile {
     push: Option<bool>,
     max_push_fraction: Option<f64>,
     orphans: Option<String>,
+    pushed_email_verified: Option<String>,
+    verify_email: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -356,6 +371,16 @@ impl Config {
                 ));
             }
         };
+        let pushed_email_verified = match raw.reconcile.pushed_email_verified.as_deref() {
+            None | Some("false") => PushedEmailVerified::False,
+            Some("keep") => PushedEmailVerified::Keep,
+            Some(other) => {
+                return Err(invalid(
+                    "reconcile.pushed_email_verified",
+                    format!("{other:?} is not \"false\" or \"keep\""),
+                ));
+            }
+        };
 
         let schedule = match raw.schedule {
             None => None,
@@ -405,6 +430,8 @@ impl Config {
                 push,
                 max_push_fraction,
                 orphans,
+                pushed_email_verified,
+                verify_email: raw.reconcile.verify_email.unwrap_or(false),
             },
             schedule,
             metrics: Metrics { listen },
@@ -529,6 +556,11 @@ mod tests {
         assert!(!config.reconcile.push);
         assert_eq!(config.reconcile.max_push_fraction, 0.05);
         assert_eq!(config.reconcile.orphans, OrphanAction::Report);
+        assert_eq!(
+            config.reconcile.pushed_email_verified,
+            PushedEmailVerified::False
+        );
+        assert!(!config.reconcile.verify_email);
         assert_eq!(config.metrics.listen.to_string(), "127.0.0.1:9477");
         assert_eq!(config.state.path, PathBuf::from("driftsync-state.db"));
     }
@@ -595,6 +627,10 @@ mod tests {
                 "reconcile.max_push_fraction",
             ),
             ("[reconcile]\norphans = \"delete\"", "reconcile.orphans"),
+            (
+                "[reconcile]\npushed_email_verified = \"true\"",
+                "reconcile.pushed_email_verified",
+            ),
             (
                 "[reconcile]\npush_fields = [\"blocked\"]",
                 "reconcile.push_fields",

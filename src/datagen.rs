@@ -61,10 +61,13 @@ enum Kind {
     StaleCache,
     /// Deleted from legacy after migration.
     Orphaned,
+    /// Signed up in Auth0 (import mode creates new users there only): an id Auth0 generated,
+    /// no legacy row, no migration marker.
+    Signup,
 }
 
-const MIX: [(Kind, u64); 8] = [
-    (Kind::InSync, 80),
+const MIX: [(Kind, u64); 9] = [
+    (Kind::InSync, 79),
     (Kind::StrandedEmail, 2),
     (Kind::StrandedBlocked, 1),
     (Kind::StrandedMetadata, 1),
@@ -72,6 +75,7 @@ const MIX: [(Kind, u64); 8] = [
     (Kind::NotMigrated, 8),
     (Kind::StaleCache, 4),
     (Kind::Orphaned, 2),
+    (Kind::Signup, 1),
 ];
 
 /// A deterministic data set of `users` user ids.
@@ -119,6 +123,14 @@ impl User {
     fn created_at(&self) -> i64 {
         MIGRATED_AT + ((self.random >> 12) % 100) as i64 * DAY
     }
+    /// The Auth0 user id: `auth0|` and the legacy id, or for a signup the 24 hex digits of an
+    /// id Auth0 generated.
+    fn auth0_id(&self) -> String {
+        match self.kind {
+            Kind::Signup => format!("{:08x}{:016x}", self.id, self.random),
+            _ => self.id.to_string(),
+        }
+    }
 }
 
 impl DataSet {
@@ -161,8 +173,9 @@ impl DataSet {
                 Kind::NotMigrated => summary.not_migrated += 1,
                 Kind::StaleCache => summary.stale_cache += 1,
                 Kind::Orphaned => summary.orphaned += 1,
+                Kind::Signup => summary.auth0_only += 1,
             }
-            if user.kind != Kind::Orphaned {
+            if !matches!(user.kind, Kind::Orphaned | Kind::Signup) {
                 summary.legacy_users += 1;
             }
             if user.kind != Kind::NotMigrated {
@@ -170,6 +183,14 @@ impl DataSet {
             }
         }
         summary
+    }
+
+    /// How many of the stranded users changed their email (the pushes that meet a Get User
+    /// script).
+    pub fn stranded_emails(&self) -> u64 {
+        self.each()
+            .filter(|user| user.kind == Kind::StrandedEmail)
+            .count() as u64
     }
 
     /// Writes the legacy rows in PostgreSQL's COPY text format (for `COPY t` [`COPY_COLUMNS`]).
@@ -183,7 +204,7 @@ impl DataSet {
     /// Writes user `id`'s legacy row, if it has one.
     fn write_legacy_row(&self, id: u64, out: &mut dyn Write) -> io::Result<()> {
         let user = self.user(id);
-        if user.kind == Kind::Orphaned {
+        if matches!(user.kind, Kind::Orphaned | Kind::Signup) {
             return Ok(());
         }
         let email = match user.kind {
@@ -232,6 +253,12 @@ impl DataSet {
                 continue;
             }
             let migrated = user.kind != Kind::StaleCache;
+            // A signup carries no migration marker: its Login script never ran.
+            let marker = if user.kind == Kind::Signup {
+                String::new()
+            } else {
+                format!("\"migrated\":{migrated},")
+            };
             let name = match user.kind {
                 Kind::Auth0Ahead => format!("{} {}-Changed", user.given(), user.family()),
                 _ => format!("{} {}", user.given(), user.family()),
@@ -247,9 +274,9 @@ impl DataSet {
                     "\"created_at\":\"{created}\",\"updated_at\":\"{login}\",\"last_login\":\"{login}\",\"logins_count\":{logins},",
                     "\"identities\":[{{\"connection\":\"{connection}\",\"provider\":\"auth0\",\"user_id\":\"{id}\",\"isSocial\":false}}],",
                     "\"user_metadata\":{{\"lang\":\"{lang}\",\"plan\":\"{plan}\",\"theme\":\"dark\"}},",
-                    "\"app_metadata\":{{\"migrated\":{migrated},\"roles\":[\"member\"]}}}}"
+                    "\"app_metadata\":{{{marker}\"roles\":[\"member\"]}}}}"
                 ),
-                id = user.id,
+                id = user.auth0_id(),
                 email = user.email(),
                 verified = user.verified(),
                 name = name,
@@ -264,7 +291,7 @@ impl DataSet {
                 connection = CONNECTION,
                 lang = user.lang(),
                 plan = user.plan(),
-                migrated = migrated,
+                marker = marker,
             )?;
         }
         Ok(())

@@ -335,9 +335,26 @@ pub fn read<E: From<ExportError>>(
     Ok(stats)
 }
 
+/// The Auth0 attributes a run reads: the `compared` ones, the email when a generated default
+/// (name, nickname) is judged against it, and `also` (what pushes look at besides). The export
+/// job asks for these, and a parked profile keeps them ([`minimal_line`]).
+pub fn attributes_read(compared: &[Field], also: &[Field]) -> Vec<Field> {
+    let mut attributes: Vec<Field> = compared.iter().chain(also).copied().collect();
+    if compared
+        .iter()
+        .any(|f| matches!(f, Field::Name | Field::Nickname))
+    {
+        attributes.push(Field::Email);
+    }
+    attributes.sort();
+    attributes.dedup();
+    attributes
+}
+
 /// A minimal export line for `user` that [`parse_line`] reads back as the same user under the
-/// same filter, with only the compared `fields`: what a parked profile keeps while it waits for
-/// its legacy row (a fifth of a full line: no identities, picture, login counters…).
+/// same filter, with only the `fields` a run reads ([`attributes_read`]): what a parked profile
+/// keeps while it waits for its legacy row (a fifth of a full line: no identities, login
+/// counters…).
 pub fn minimal_line(user: &Auth0User<'_>, fields: &[Field], filter: &ExportFilter) -> Vec<u8> {
     fn string(out: &mut Vec<u8>, text: &str) {
         // Writing JSON to a Vec cannot fail.

@@ -69,6 +69,25 @@ impl Field {
         Field::ALL.into_iter().find(|f| f.name() == name)
     }
 
+    /// Whether Auth0 stores this attribute lower-cased (emails and usernames), so that values
+    /// differing only in case are the same value. The one place this rule lives: the report's
+    /// comparison, the baselines' canonical form and the push's "already in effect" check all
+    /// ask here.
+    pub fn ignores_case(self) -> bool {
+        matches!(self, Field::Email | Field::Username)
+    }
+
+    /// The root attributes Auth0 refreshes on a cached (not imported) profile at each login when
+    /// the connection's `set_user_root_attributes` is `on_each_login` (its default); with
+    /// `on_first_login` or `never_on_login` they are set once and then only the Management API
+    /// changes them.
+    pub fn synced_at_login(self) -> bool {
+        matches!(
+            self,
+            Field::Name | Field::Nickname | Field::GivenName | Field::FamilyName | Field::Picture
+        )
+    }
+
     pub fn kind(self) -> Kind {
         match self {
             Field::EmailVerified | Field::Blocked => Kind::Bool,

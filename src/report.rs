@@ -30,6 +30,10 @@ pub struct Report {
     /// (`RunOptions::report_file`).
     #[serde(skip)]
     pub prepared: Option<PreparedFile>,
+    /// What a reader of the table should know about this run's verdicts (the machine formats
+    /// carry only the fixed keys of the interface).
+    #[serde(skip)]
+    pub notes: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -52,6 +56,8 @@ pub struct Summary {
     pub stale_cache: u64,
     pub not_migrated: u64,
     pub orphaned: u64,
+    pub deleted_in_auth0: u64,
+    pub auth0_only: u64,
     pub pushed: u64,
     pub push_failed: u64,
 }
@@ -72,6 +78,8 @@ impl Summary {
         self.stale_cache += other.stale_cache;
         self.not_migrated += other.not_migrated;
         self.orphaned += other.orphaned;
+        self.deleted_in_auth0 += other.deleted_in_auth0;
+        self.auth0_only += other.auth0_only;
         self.pushed += other.pushed;
         self.push_failed += other.push_failed;
     }
@@ -85,6 +93,8 @@ impl Summary {
             Status::StaleCache => self.stale_cache,
             Status::NotMigrated => self.not_migrated,
             Status::Orphaned => self.orphaned,
+            Status::DeletedInAuth0 => self.deleted_in_auth0,
+            Status::Auth0Only => self.auth0_only,
         }
     }
 
@@ -97,6 +107,8 @@ impl Summary {
             Status::StaleCache => &mut self.stale_cache,
             Status::NotMigrated => &mut self.not_migrated,
             Status::Orphaned => &mut self.orphaned,
+            Status::DeletedInAuth0 => &mut self.deleted_in_auth0,
+            Status::Auth0Only => &mut self.auth0_only,
         }
     }
 }
@@ -173,20 +185,23 @@ impl Report {
             run.kind, run.id, run.mode, run.started_at, run.finished_at
         );
         let summary = &self.summary;
-        let _ = writeln!(text, "  {:<14} {:>9}", "legacy users", summary.legacy_users);
-        let _ = writeln!(text, "  {:<14} {:>9}\n", "auth0 users", summary.auth0_users);
+        let _ = writeln!(text, "  {:<16} {:>9}", "legacy users", summary.legacy_users);
+        let _ = writeln!(text, "  {:<16} {:>9}\n", "auth0 users", summary.auth0_users);
         for status in Status::ALL {
             let _ = writeln!(
                 text,
-                "  {:<14} {:>9}   {}",
+                "  {:<16} {:>9}   {}",
                 status.name(),
                 summary.get(status),
                 explain(status)
             );
         }
         if run.mode == "push" {
-            let _ = writeln!(text, "  {:<14} {:>9}", "pushed", summary.pushed);
-            let _ = writeln!(text, "  {:<14} {:>9}", "push failed", summary.push_failed);
+            let _ = writeln!(text, "  {:<16} {:>9}", "pushed", summary.pushed);
+            let _ = writeln!(text, "  {:<16} {:>9}", "push failed", summary.push_failed);
+        }
+        for note in &self.notes {
+            let _ = writeln!(text, "\nNote: {note}");
         }
         if self.users.is_empty() {
             text.push_str("\nNo user needs attention.\n");
@@ -224,7 +239,11 @@ impl Report {
                 first = false;
             }
             if first {
-                let _ = writeln!(text, "{} (no legacy row)", head(true));
+                let missing = match user.status {
+                    Status::DeletedInAuth0 => "(no Auth0 user)",
+                    _ => "(no legacy row)",
+                };
+                let _ = writeln!(text, "{} {missing}", head(true));
             }
         }
         text
@@ -241,6 +260,8 @@ pub fn explain(status: Status) -> &'static str {
         Status::StaleCache => "not migrated: Auth0's cached copy refreshes at next login",
         Status::NotMigrated => "legacy user without an Auth0 user yet",
         Status::Orphaned => "gone from legacy, still able to log in to Auth0",
+        Status::DeletedInAuth0 => "deleted in Auth0: migrated again at the next login",
+        Status::Auth0Only => "no legacy row ever seen: signed up in Auth0, most likely",
     }
 }
 

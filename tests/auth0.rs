@@ -206,6 +206,9 @@ async fn check_reports_what_it_found_and_writes_nothing() {
         "connection \"legacy-users\"",
         "import_mode on",
         "compared fields",
+        "set_user_root_attributes on_each_login (the default)",
+        "warning    email can be pushed",
+        "Get User script",
         "nothing was written",
     ] {
         assert!(
@@ -214,6 +217,11 @@ async fn check_reports_what_it_found_and_writes_nothing() {
             run.stdout
         );
     }
+    // Without import mode no Get User script runs on a push, and check says nothing of it.
+    tenant.sim.add_connection(datagen::CONNECTION, false);
+    let run = tenant.app.run(&["check"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(!run.stdout.contains("Get User"), "{}", run.stdout);
     let stats = tenant.sim.stats();
     assert_eq!((stats.patches, stats.deletes), (0, 0));
     assert_eq!(
@@ -240,8 +248,12 @@ async fn demo_runs_against_a_given_database() {
     for needle in [
         "stranded",
         "orphaned",
+        "auth0_only",
         "What the statuses mean",
         "source = \"export\"",
+        "deleted_in_auth0 1",
+        "The specified new email already exists",
+        "Get User script",
     ] {
         assert!(
             run.stdout.contains(needle),

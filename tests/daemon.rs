@@ -69,6 +69,8 @@ async fn metrics_follow_the_runs_and_sigterm_exits_zero() {
         "stale_cache",
         "not_migrated",
         "orphaned",
+        "deleted_in_auth0",
+        "auth0_only",
     ] {
         let key = format!("driftsync_users{{status=\"{status}\"}}");
         assert_eq!(

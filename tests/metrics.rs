@@ -70,6 +70,8 @@ async fn the_metrics_file_matches_the_report() {
         "stale_cache",
         "not_migrated",
         "orphaned",
+        "deleted_in_auth0",
+        "auth0_only",
     ] {
         let key = format!("driftsync_users{{status=\"{status}\"}}");
         assert_eq!(

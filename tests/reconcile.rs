@@ -113,8 +113,9 @@ async fn json_report_classifies_every_status() {
     assert_eq!(
         report["summary"],
         json!({"legacy_users": 8, "auth0_users": 8, "in_sync": 1, "stranded": 3,
-               "auth0_ahead": 1, "conflict": 0, "stale_cache": 2, "not_migrated": 2,
-               "orphaned": 1, "pushed": 0, "push_failed": 0})
+               "auth0_ahead": 1, "conflict": 0, "stale_cache": 1, "not_migrated": 2,
+               "orphaned": 1, "deleted_in_auth0": 0, "auth0_only": 1,
+               "pushed": 0, "push_failed": 0})
     );
     let users = report["users"].as_array().unwrap();
     let listed: Vec<(&str, &str, &Value)> = users
@@ -136,7 +137,6 @@ async fn json_report_classifies_every_status() {
             ("auth0|4", "auth0_ahead", &json!("timestamp")),
             ("auth0|5", "stale_cache", &Value::Null),
             ("auth0|7", "orphaned", &Value::Null),
-            ("auth0|8", "stale_cache", &Value::Null),
         ]
     );
     assert_eq!(
@@ -181,16 +181,19 @@ async fn table_report_shows_counts_and_differing_fields() {
     let run = app.run(&["reconcile"]);
     assert_eq!(run.code, 2, "{}", run.stderr);
     let table = &run.stdout;
-    for expected in [
-        "stranded               3",
-        "orphaned               1",
-        "auth0|2",
-        "new2@x.io",
-        "old2@x.io",
-        "assumed",
-    ] {
+    let counts = [
+        ("stranded", 3),
+        ("orphaned", 1),
+        ("auth0_only", 1),
+        ("deleted_in_auth0", 0),
+    ]
+    .map(|(status, count)| format!("{status:<16} {count:>9}"));
+    let cells = ["auth0|2", "new2@x.io", "old2@x.io", "assumed"];
+    for expected in counts.iter().map(String::as_str).chain(cells) {
         assert!(table.contains(expected), "missing {expected:?} in\n{table}");
     }
+    // With a migration marker a first run has no doubt about Auth0-only users to note.
+    assert!(!table.contains("first run"), "{table}");
 }
 
 #[tokio::test]
@@ -302,7 +305,8 @@ async fn nothing_to_act_on_exits_zero_and_gzip_is_read() {
         )
         .as_bytes(),
     );
-    // auth0_ahead and stale_cache need no action, and user 2 is simply not migrated yet.
+    // auth0_ahead needs no action, 1b has no legacy row and no sign that it ever had one (a
+    // signup), and user 2 is simply not migrated yet.
     let run = app.run(&[
         "reconcile",
         "--format",
@@ -313,7 +317,7 @@ async fn nothing_to_act_on_exits_zero_and_gzip_is_read() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     let summary = &run.json()["summary"];
     assert_eq!(summary["auth0_ahead"], 1);
-    assert_eq!(summary["stale_cache"], 1);
+    assert_eq!(summary["auth0_only"], 1);
     assert_eq!(summary["not_migrated"], 1);
 }
 

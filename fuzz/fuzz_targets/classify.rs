@@ -17,15 +17,16 @@
 use std::borrow::Cow;
 
 use arbitrary::Arbitrary;
-use driftsync::baseline::{self, PackedBaselines};
-use driftsync::classify::{self, Status};
+use driftsync::baseline::{self, PackedBaselines, Seen};
+use driftsync::classify::{self, Rules, Status};
 use driftsync::export::Auth0User;
 use driftsync::profile::{Field, Kind, LegacyRecordBuilder, LegacyView, Profile, Value};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Arbitrary, Debug)]
 struct Input<'a> {
-    /// Which fields are compared: bit i selects `Field::ALL[i]`.
+    /// Which fields are compared: bit i selects `Field::ALL[i]`; bit 15 says the connection
+    /// does not refresh cached root attributes at login.
     fields: u16,
     legacy: Side<'a>,
     auth0: Side<'a>,
@@ -213,8 +214,8 @@ fn auth0_user<'a>(profile: Profile<'a>, input: &Input<'_>) -> Auth0User<'a> {
     }
 }
 
-fn assert_in_sync(fields: &[Field], legacy: &LegacyView<'_>, auth0: &Auth0User<'_>, what: &str) {
-    let verdict = classify::classify(fields, Some(legacy), Some(auth0), None);
+fn assert_in_sync(rules: &Rules<'_>, legacy: &LegacyView<'_>, auth0: &Auth0User<'_>, what: &str) {
+    let verdict = classify::classify(rules, Some(legacy), Some(auth0), None);
     assert_eq!(
         verdict.status,
         Status::InSync,
@@ -232,6 +233,12 @@ fuzz_target!(|input: Input<'_>| {
         .filter(|(index, _)| input.fields & (1 << index) != 0)
         .map(|(_, field)| field)
         .collect();
+    // The bit above the fields: whether the connection refreshes cached root attributes.
+    let rules = Rules {
+        fields: &fields,
+        connection_migrated: Some(input.migrated),
+        root_attributes_refreshed: input.fields & (1 << 15) == 0,
+    };
 
     // Damaged bytes where packed ones are expected: no panic.
     let _ = LegacyView::of(input.baseline);
@@ -250,7 +257,7 @@ fuzz_target!(|input: Input<'_>| {
 
     // Any pair, any stored baseline: no panic, and the report agrees with the status.
     let baseline = PackedBaselines(input.baseline);
-    let verdict = classify::classify(&fields, Some(&legacy), Some(&auth0), Some(baseline));
+    let verdict = classify::classify(&rules, Some(&legacy), Some(&auth0), Some(baseline));
     assert_eq!(
         verdict.status == Status::InSync,
         verdict.diffs.is_empty(),
@@ -259,8 +266,8 @@ fuzz_target!(|input: Input<'_>| {
     for &index in &verdict.legacy_changed {
         assert!(verdict.keys[index].differs());
     }
-    let _ = classify::classify(&fields, Some(&legacy), None, None);
-    let _ = classify::classify(&fields, None, Some(&auth0), None);
+    let _ = classify::classify(&rules, Some(&legacy), None, Some(baseline));
+    let _ = classify::classify(&rules, None, Some(&auth0), Some(baseline));
 
     for field in Field::ALL {
         let keys = baseline::key_values(&[field], &legacy.profile, &auth0.profile, &[]);
@@ -281,7 +288,7 @@ fuzz_target!(|input: Input<'_>| {
     }
 
     // A baseline equal to one side: every difference is the other side's change.
-    let verdict = classify::classify(&fields, Some(&legacy), Some(&auth0), None);
+    let verdict = classify::classify(&rules, Some(&legacy), Some(&auth0), None);
     if input.migrated && verdict.status != Status::InSync {
         let agreed_legacy: Vec<(String, i64)> = verdict
             .keys
@@ -297,10 +304,10 @@ fuzz_target!(|input: Input<'_>| {
             (agreed_legacy, Status::Auth0Ahead),
             (agreed_auth0, Status::Stranded),
         ] {
-            let packed = baseline::pack(&agreed);
+            let packed = baseline::pack(Seen::Migrated, &agreed);
             assert_eq!(PackedBaselines(&packed).entries(), agreed);
             let verdict = classify::classify(
-                &fields,
+                &rules,
                 Some(&legacy),
                 Some(&auth0),
                 Some(PackedBaselines(&packed)),
@@ -311,9 +318,9 @@ fuzz_target!(|input: Input<'_>| {
 
     // A profile against itself, and against its re-serialized metadata.
     let same = auth0_user(legacy_profile.clone(), &input);
-    assert_in_sync(&fields, &legacy, &same, "itself");
+    assert_in_sync(&rules, &legacy, &same, "itself");
     let again = auth0_user(reserialized(&legacy_profile), &input);
-    assert_in_sync(&fields, &legacy, &again, "re-serialized");
+    assert_in_sync(&rules, &legacy, &again, "re-serialized");
 
     // Packed baselines round-trip whatever the keys.
     let stored: Vec<(String, i64)> = input
@@ -321,5 +328,8 @@ fuzz_target!(|input: Input<'_>| {
         .iter()
         .map(|(key, hash)| (key.to_string(), *hash))
         .collect();
-    assert_eq!(PackedBaselines(&baseline::pack(&stored)).entries(), stored);
+    assert_eq!(
+        PackedBaselines(&baseline::pack(Seen::Migrated, &stored)).entries(),
+        stored
+    );
 });

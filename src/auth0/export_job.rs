@@ -49,9 +49,10 @@ impl ExportOptions {
     }
 }
 
-/// The export fields for a comparison of `compared`: the identity, the migration moment, the
-/// connection, and only the attributes that are compared or decide migration.
-pub fn fields_for(compared: &[Field], migrated: &MigratedRule) -> Vec<ExportField> {
+/// The export fields for a run that reads `attributes` (see [`crate::export::attributes_read`]):
+/// the identity, the migration moment, the connection, those attributes, and `app_metadata`
+/// when a marker there decides migration.
+pub fn fields_for(attributes: &[Field], migrated: &MigratedRule) -> Vec<ExportField> {
     let mut fields = vec![
         ExportField {
             name: "user_id",
@@ -66,18 +67,7 @@ pub fn fields_for(compared: &[Field], migrated: &MigratedRule) -> Vec<ExportFiel
             export_as: Some("connection"),
         },
     ];
-    let mut attributes: Vec<Field> = compared.to_vec();
-    // The generated-default rules for name and nickname look at the Auth0 email.
-    if compared
-        .iter()
-        .any(|f| matches!(f, Field::Name | Field::Nickname))
-    {
-        attributes.push(Field::Email);
-    }
-    // A pushed email carries Auth0's current verification when legacy does not manage it.
-    if compared.contains(&Field::Email) {
-        attributes.push(Field::EmailVerified);
-    }
+    let mut attributes: Vec<Field> = attributes.to_vec();
     if matches!(migrated, MigratedRule::AppMetadataKey(_)) {
         attributes.push(Field::AppMetadata);
     }
@@ -279,21 +269,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_email_comparison_also_exports_the_verification() {
-        let names: Vec<&str> = fields_for(&[Field::Email], &MigratedRule::Always)
-            .iter()
-            .map(|field| field.name)
-            .collect();
-        assert!(names.contains(&"email_verified"), "{names:?}");
-    }
-
-    #[test]
     fn export_fields_cover_the_comparison_and_the_migration_marker() {
         let names = |fields: Vec<ExportField>| -> Vec<&'static str> {
             fields.iter().map(|field| field.name).collect()
         };
         assert_eq!(
-            names(fields_for(&[Field::Name], &MigratedRule::Always)),
+            names(fields_for(
+                &crate::export::attributes_read(&[Field::Name], &[]),
+                &MigratedRule::Always
+            )),
             [
                 "user_id",
                 "created_at",

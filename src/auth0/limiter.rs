@@ -109,10 +109,13 @@ struct Bucket {
     probe: bool,
     in_flight: u32,
     next_ticket: u64,
-    /// The requests in flight: sequence number → when it was sent (UNIX time).
-    open_tickets: std::collections::BTreeMap<u64, Duration>,
-    /// The newest request whose answer re-synchronised the count.
-    synced_ticket: u64,
+    /// The requests in flight: sequence number → when it was sent.
+    open_tickets: std::collections::BTreeMap<u64, Instant>,
+    /// When the answer that last re-synchronised the count came. An answer to a request sent
+    /// after it shows the server's count later than that one did; an answer to a request sent
+    /// before may show an older count (requests reach the server in any order over several
+    /// connections), so it may only lower the count.
+    synced_at: Option<Instant>,
     answered: u64,
     /// Recent answers with the bucket below full, for measuring the refill rate.
     samples: VecDeque<Sample>,
@@ -134,10 +137,10 @@ impl Bucket {
         self.refilled_at = Some(now);
     }
 
-    fn issue(&mut self) -> u64 {
+    fn issue(&mut self, now: Instant) -> u64 {
         self.in_flight += 1;
         self.next_ticket += 1;
-        self.open_tickets.insert(self.next_ticket, unix_now());
+        self.open_tickets.insert(self.next_ticket, now);
         self.next_ticket
     }
 
@@ -153,7 +156,7 @@ impl Bucket {
         if self.limit.is_none() {
             // Nothing known yet: one request at a time until an answer tells the limit.
             return if self.in_flight == 0 {
-                Ok(self.issue())
+                Ok(self.issue(now))
             } else {
                 Err(IDLE_RECHECK)
             };
@@ -170,11 +173,11 @@ impl Bucket {
         }
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
-            return Ok(self.issue());
+            return Ok(self.issue(now));
         }
         if self.probe && self.in_flight == 0 {
             self.probe = false;
-            return Ok(self.issue());
+            return Ok(self.issue(now));
         }
         let missing = 1.0 - self.tokens;
         let wait = match (self.rate(), self.next_token_at) {
@@ -193,7 +196,7 @@ impl Bucket {
     }
 
     /// Forgets a request; returns when it was sent.
-    fn close(&mut self, ticket: u64) -> Option<Duration> {
+    fn close(&mut self, ticket: u64) -> Option<Instant> {
         let sent = self.open_tickets.remove(&ticket);
         if sent.is_some() {
             self.in_flight = self.in_flight.saturating_sub(1);
@@ -208,7 +211,7 @@ impl Bucket {
         throttled: Option<Duration>,
         now: Instant,
     ) {
-        self.close(ticket);
+        let sent = self.close(ticket);
         // A 429 takes no token: counting it as consumption would inflate the measured rate,
         // and a too-high rate causes more 429s.
         if throttled.is_none() {
@@ -218,12 +221,20 @@ impl Bucket {
             let limit = f64::from(info.limit);
             let remaining = f64::from(info.remaining);
             self.refill(now);
-            // An older answer (overtaken by a newer one) knows less than the count already does.
-            // Answers come back out of order across connections, so any request still in flight
-            // may be uncounted by the server: all of them are subtracted.
-            if ticket > self.synced_ticket {
-                self.synced_ticket = ticket;
-                self.tokens = remaining - self.open_tickets.len() as f64;
+            // Any request still in flight may be uncounted by the server: all of them are
+            // subtracted. Only an answer to a request sent after the last re-synchronisation
+            // surely shows a newer count; an older one may only lower the count.
+            let counted = remaining - self.open_tickets.len() as f64;
+            let newer = match (sent, self.synced_at) {
+                (Some(sent), Some(synced)) => sent > synced,
+                (_, None) => true,
+                (None, Some(_)) => false,
+            };
+            if newer {
+                self.synced_at = Some(now);
+                self.tokens = counted;
+            } else {
+                self.tokens = self.tokens.min(counted);
             }
             self.limit = Some(limit);
             self.probe = false;
@@ -556,7 +567,7 @@ mod tests {
                 None,
                 at,
             );
-            ticket = bucket.issue();
+            ticket = bucket.issue(at + Duration::from_millis(1));
         }
         let rate = bucket.refill.expect("measured");
         assert!((8.7..=10.3).contains(&rate), "{rate}");
@@ -644,27 +655,36 @@ mod tests {
     }
 
     #[test]
-    fn an_answer_counts_every_request_still_in_flight() {
+    fn an_answer_counts_every_request_still_in_flight_and_an_older_one_cannot_raise_the_count() {
         let mut bucket = Bucket::default();
-        let now = Instant::now();
-        let first = bucket.try_take(now).unwrap();
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let first = bucket.try_take(t0).unwrap();
         let info = |remaining| {
             Some(RateInfo {
                 limit: 10,
                 remaining,
-                reset: unix_now() + 1,
+                reset: unix_now() + 5,
             })
         };
-        bucket.observe(first, info(9), None, now);
-        let tickets: Vec<u64> = (0..4).map(|_| bucket.try_take(now).unwrap()).collect();
-        // The second answer: the server counted it, maybe not the three still in flight.
-        bucket.observe(tickets[0], info(8), None, now);
+        bucket.observe(first, info(9), None, at(1));
+        let tickets: Vec<u64> = (0..4).map(|_| bucket.try_take(at(2)).unwrap()).collect();
+        // The first answer of the four: the server counted it, maybe not the three in flight.
+        bucket.observe(tickets[0], info(8), None, at(3));
         assert_eq!(bucket.tokens, 5.0);
-        // Answers overtake each other: the newest counts, minus everything still in flight.
-        bucket.observe(tickets[3], info(6), None, now);
-        assert_eq!(bucket.tokens, 4.0);
-        bucket.observe(tickets[1], info(7), None, now);
-        assert_eq!(bucket.tokens, 4.0, "an older answer changes nothing");
+        // The others were sent before that answer came, so the server may have counted them
+        // in any order: each may lower the count, none may raise it.
+        bucket.observe(tickets[3], info(5), None, at(4));
+        assert_eq!(bucket.tokens, 3.0);
+        bucket.observe(tickets[1], info(7), None, at(5));
+        assert_eq!(
+            bucket.tokens, 3.0,
+            "counted early, answered late: it knows less than the count does"
+        );
+        // A request sent after the last re-synchronisation shows a newer count.
+        let later = bucket.try_take(at(6)).unwrap();
+        bucket.observe(later, info(4), None, at(8));
+        assert_eq!(bucket.tokens, 3.0, "four left, one still in flight");
     }
 
     #[test]
@@ -699,7 +719,7 @@ mod tests {
         // full again, so no accurate rate can be measured, but what it gave is a lower bound.
         let mut at = start;
         for _ in 0..12 {
-            let ticket = bucket.issue();
+            let ticket = bucket.issue(at);
             bucket.observe(
                 ticket,
                 Some(RateInfo {
@@ -712,7 +732,7 @@ mod tests {
             );
             // Then four more at once, answered at once: the bucket drained.
             for remaining in (0..4).rev() {
-                let ticket = bucket.issue();
+                let ticket = bucket.issue(at);
                 bucket.observe(
                     ticket,
                     Some(RateInfo {

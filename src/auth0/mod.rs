@@ -216,6 +216,23 @@ pub struct ConnectionOptions {
     /// "Import Users to Auth0" (automatic migration).
     #[serde(default)]
     pub import_mode: bool,
+    /// "Sync user profile attributes at each login": `on_each_login` (the default, and absent
+    /// from the connection while it is), `on_first_login` or `never_on_login`.
+    #[serde(default)]
+    pub set_user_root_attributes: Option<String>,
+}
+
+impl ConnectionOptions {
+    /// Whether Auth0 refreshes a cached profile's root attributes (name, nickname, given and
+    /// family name, picture) at each login. Only the two documented values that say otherwise
+    /// turn it off; a value driftsync does not know is read as refreshed, which pushes nothing
+    /// that Auth0 might refuse or overwrite.
+    pub fn root_attributes_refreshed(&self) -> bool {
+        !matches!(
+            self.set_user_root_attributes.as_deref(),
+            Some("on_first_login" | "never_on_login")
+        )
+    }
 }
 
 /// A job as `GET /api/v2/jobs/{id}` describes it.

@@ -221,17 +221,20 @@ async fn run_once(
                 stranded = summary.stranded,
                 conflict = summary.conflict,
                 orphaned = summary.orphaned,
+                deleted_in_auth0 = summary.deleted_in_auth0,
+                auth0_only = summary.auth0_only,
                 pushed = summary.pushed,
                 push_failed = summary.push_failed,
                 "run finished"
             );
             format!(
-                "{} run at {}: {} stranded, {} conflict, {} orphaned, {} pushed",
+                "{} run at {}: {} stranded, {} conflict, {} orphaned, {} deleted in Auth0, {} pushed",
                 kind.name(),
                 report.run.finished_at,
                 summary.stranded,
                 summary.conflict,
                 summary.orphaned,
+                summary.deleted_in_auth0,
                 summary.pushed
             )
         }

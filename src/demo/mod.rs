@@ -1,7 +1,10 @@
 //! `driftsync demo`: the whole job on generated data, with no Auth0 account and no setup. It
 //! starts a throwaway PostgreSQL (or uses `--legacy-url`), seeds a legacy table, starts the
-//! Auth0 simulator with a tenant where most users migrated and some legacy rows changed
-//! afterwards, runs a report-only reconcile through a users-export job, and explains the report.
+//! Auth0 simulator with a tenant where most users migrated, some legacy rows changed afterwards,
+//! some users signed up in Auth0 and some left the legacy database, runs a report-only
+//! reconcile through a users-export job and explains the report; then a user is deleted in
+//! Auth0, the connection gets the usual Get User script, and a push to the simulated tenant
+//! shows both (deleted_in_auth0, and the email pushes Auth0 refuses).
 
 pub mod cluster;
 
@@ -13,8 +16,8 @@ use anyhow::Context;
 use crate::config::{Config, NoEnv};
 use crate::datagen::{self, DataSet};
 use crate::reconcile::{self, RunOptions};
-use crate::report::{self, Format};
-use crate::simulator::{Simulator, SimulatorConfig};
+use crate::report::{self, Format, PushState};
+use crate::simulator::{ConnectionSettings, GetUserScript, Simulator, SimulatorConfig};
 use cluster::Cluster;
 
 /// The demo's legacy table; a distinct name so that `--legacy-url` never touches a real table.
@@ -100,12 +103,31 @@ async fn reconcile_against(
 ) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("driftsync-demo-config-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
+    let result = two_runs(set, url, simulator, &dir, out).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// A first, report-only run; then, after a user was deleted in Auth0 and with the usual Get
+/// User script, a push.
+async fn two_runs(
+    set: &DataSet,
+    url: &str,
+    simulator: &Simulator,
+    dir: &Path,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
     let secret_file = dir.join("client-secret");
     std::fs::write(&secret_file, SimulatorConfig::default().client_secret)?;
-    let config_text = demo_config(url, &simulator.base_url(), &secret_file);
+    let config_text = demo_config(
+        url,
+        &simulator.base_url(),
+        &secret_file,
+        &dir.join("state.db"),
+    );
     let config_path = dir.join("driftsync.toml");
     std::fs::write(&config_path, &config_text)?;
-    let config = Config::parse(&config_path, &config_text, &NoEnv);
+    let config = Config::parse(&config_path, &config_text, &NoEnv)?;
     writeln!(
         out,
         "4. Running `driftsync reconcile` (report only) with this configuration:\n"
@@ -114,20 +136,11 @@ async fn reconcile_against(
         writeln!(out, "     {line}")?;
     }
     writeln!(out)?;
-    let result = match config {
-        Ok(config) => {
-            let options = RunOptions {
-                progress: true,
-                ..RunOptions::default()
-            };
-            reconcile::run(&config, &options, &NoEnv)
-                .await
-                .map_err(anyhow::Error::from)
-        }
-        Err(error) => Err(error.into()),
+    let options = RunOptions {
+        progress: true,
+        ..RunOptions::default()
     };
-    let _ = std::fs::remove_dir_all(&dir);
-    let report = result?;
+    let report = reconcile::run(&config, &options, &NoEnv).await?;
     report.render(Format::Table, out)?;
     let stats = simulator.stats();
     writeln!(
@@ -145,10 +158,84 @@ async fn reconcile_against(
         report.summary,
         expected
     );
+
+    // A day later: someone deleted an in-sync user in Auth0, and the connection's Get User
+    // script looks every new email up in the legacy table, as such scripts usually do.
+    let listed: std::collections::HashSet<&str> = report
+        .users
+        .iter()
+        .map(|user| user.user_id.as_str())
+        .collect();
+    let deleted = (1..=set.users)
+        .map(|id| format!("{}{id}", crate::export::USER_ID_PREFIX))
+        .find(|id| !listed.contains(id.as_str()) && simulator.user(id).is_some())
+        .context("the demo data has no user in sync")?;
+    simulator.remove_user(&deleted);
+    simulator.configure_connection(
+        datagen::CONNECTION,
+        ConnectionSettings {
+            import_mode: true,
+            get_user: Some(GetUserScript {
+                database_url: url.to_owned(),
+                query: format!("SELECT 1 FROM {TABLE} WHERE lower(email) = $1"),
+            }),
+            ..ConnectionSettings::default()
+        },
+    );
+    writeln!(
+        out,
+        "\n5. A day later: {deleted} was deleted in the Auth0 Dashboard (its legacy row stays), and \
+         the connection's Get User script, written as such scripts usually are, looks every email \
+         up in the legacy table. Running `driftsync reconcile --push` against the simulated tenant…\n"
+    )?;
+    let push = RunOptions {
+        push: true,
+        // A generated tenant changes more users at once than the default guard allows.
+        max_push_fraction: Some(1.0),
+        ..options
+    };
+    let pushed = reconcile::run(&config, &push, &NoEnv).await?;
+    let summary = &pushed.summary;
+    writeln!(
+        out,
+        "   pushed {}, push failed {}, deleted_in_auth0 {} ({deleted}), auth0_only {}.",
+        summary.pushed, summary.push_failed, summary.deleted_in_auth0, summary.auth0_only
+    )?;
+    let refused = pushed.users.iter().find_map(|user| {
+        user.push
+            .error
+            .as_deref()
+            .filter(|_| user.push.state == PushState::Failed)
+    });
+    if let Some(error) = refused {
+        writeln!(out, "   A failed push says: {error}")?;
+    }
+    writeln!(
+        out,
+        "\n   The {} failed pushes are the new emails: the legacy rows already hold them, so the \
+         Get User script finds them and Auth0 answers \"The specified new email already \
+         exists\". driftsync records each as failed, names the cause and does not retry it; the \
+         users stay stranded. The remedy is in the script: it must skip users who already live \
+         in Auth0 (mark their legacy rows as migrated). The other stranded changes were applied.\n   \
+         {deleted} is deleted_in_auth0: a run saw it migrated, and at its next login Auth0 will \
+         migrate it again from the legacy row. auth0_only users signed up in Auth0 and never \
+         had a legacy row: nothing to do, and never blocked.",
+        summary.push_failed
+    )?;
+    anyhow::ensure!(
+        summary.deleted_in_auth0 == 1 && summary.push_failed == set.stranded_emails(),
+        "the demo's push {summary:?} is not what the generated data holds ({} email changes, one user deleted in Auth0)",
+        set.stranded_emails()
+    );
+    writeln!(
+        out,
+        "\nNext: copy config/driftsync.example.toml, point [legacy] at your database and [auth0] at \
+         your tenant, run `driftsync check`, then `driftsync reconcile`."
+    )?;
     Ok(())
 }
 
-fn demo_config(url: &str, base_url: &str, secret_file: &Path) -> String {
+fn demo_config(url: &str, base_url: &str, secret_file: &Path, state: &Path) -> String {
     format!(
         r#"[legacy]
 url = "{url}"
@@ -164,7 +251,11 @@ migrated = "{migrated}"
 
 [cache]
 source = "export"
+
+[state]
+path = "{state}"
 "#,
+        state = state.display(),
         query = datagen::mapping_query(TABLE),
         domain = SimulatorConfig::default().domain,
         client_id = SimulatorConfig::default().client_id,
@@ -200,6 +291,15 @@ fn explain(report: &report::Report, out: &mut dyn Write) -> std::io::Result<()> 
             "deleted from the legacy database but can still log in to Auth0: review them \
              (with reconcile.orphans = \"block\", a push blocks them)."
         }
+        Status::DeletedInAuth0 => {
+            "an earlier run saw them migrated, and their Auth0 user is gone while the legacy row \
+             stays: at their next login Auth0 migrates them again. If they were deleted on \
+             purpose, mark or remove the legacy row too."
+        }
+        Status::Auth0Only => {
+            "Auth0 users with no legacy row and no sign they ever had one: with import mode, \
+             people who sign up are created in Auth0 only. Nothing to do."
+        }
     };
     for status in Status::ALL {
         let count = report.summary.get(status);
@@ -213,9 +313,5 @@ fn explain(report: &report::Report, out: &mut dyn Write) -> std::io::Result<()> 
             )?;
         }
     }
-    writeln!(
-        out,
-        "\nNext: copy config/driftsync.example.toml, point [legacy] at your database and [auth0] at \
-         your tenant, run `driftsync check`, then `driftsync reconcile`."
-    )
+    Ok(())
 }

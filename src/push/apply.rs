@@ -18,6 +18,8 @@ use serde_json::{Map, Value as Json};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth0::{Auth0Client, Auth0Error, EndpointClass};
+use crate::classify::equal_ignoring_case;
+use crate::profile::Field;
 use crate::state::{JournalState, StateError, StateStore};
 use crate::timestamp;
 
@@ -156,10 +158,42 @@ async fn push_user(
                 let error = format!("Auth0 answered {status}: the user does not exist");
                 return fail(store, entry, error).await;
             }
-            Err(error) => return fail(store, entry, error).await,
+            Err(error) => {
+                let why = get_user_refusal(&body, &error).unwrap_or_else(|| error.to_string());
+                return fail(store, entry, why).await;
+            }
         }
     }
     Ok(Outcome::Applied)
+}
+
+/// Auth0's answer when the connection's Get User script finds a pushed email or username in
+/// the legacy store, explained. With import mode, Auth0 runs that script when the Update-a-user
+/// endpoint changes either, to check that the new value is not taken; the legacy row already
+/// holds the new value (that is why the user is stranded), so a script written the usual way
+/// finds it, and Auth0 answers 400 "The specified new email already exists" (Auth0 support,
+/// "Email Conflict During Automatic Migration with Auth0 Custom Database Connections").
+/// Sending it again cannot succeed until the script changes.
+fn get_user_refusal(body: &Json, error: &Auth0Error) -> Option<String> {
+    let Auth0Error::Api {
+        status: 400,
+        message,
+        ..
+    } = error
+    else {
+        return None;
+    };
+    let attribute = ["email", "username"].into_iter().find(|attribute| {
+        body.get(attribute).is_some()
+            && message.contains(&format!("new {attribute} already exists"))
+    })?;
+    Some(format!(
+        "Auth0 refused the new {attribute}: {message:?}. With import mode Auth0 runs the \
+         connection's Get User script when a push changes the {attribute}, and the script found \
+         the new value in the legacy database, whose row already holds it. Make the Get User \
+         script skip users who already live in Auth0 (for instance legacy rows marked as \
+         migrated), then push again; not retried in this run"
+    ))
 }
 
 async fn fail(
@@ -233,18 +267,21 @@ pub enum RecoverError {
     Auth0(#[from] Auth0Error),
 }
 
-/// Whether a PATCH body's effect is visible in a profile: root values equal (`null` = absent),
-/// metadata keys equal (`null` = removed).
+/// Whether a PATCH body's effect is visible in a profile: root values equal (`null` = absent;
+/// emails and usernames in any case, as Auth0 stores them lower-cased), metadata keys equal
+/// (`null` = removed). `verify_email` asks for a mail and leaves nothing in the profile.
 pub fn is_in_effect(body: &Map<String, Json>, profile: &Json) -> bool {
     body.iter().all(|(key, sent)| {
         let current = profile.get(key).unwrap_or(&Json::Null);
+        let ignores_case = Field::from_name(key).is_some_and(Field::ignores_case);
         match (key.as_str(), sent) {
+            ("verify_email", _) => true,
             ("user_metadata" | "app_metadata", Json::Object(keys)) => keys
                 .iter()
                 .all(|(name, value)| current.get(name).unwrap_or(&Json::Null) == value),
-            ("email", Json::String(email)) => current
+            (_, Json::String(text)) if ignores_case => current
                 .as_str()
-                .is_some_and(|current| current.eq_ignore_ascii_case(email)),
+                .is_some_and(|current| equal_ignoring_case(current, text)),
             ("blocked", Json::Bool(false)) => !matches!(current, Json::Bool(true)),
             _ => current == sent,
         }
@@ -255,6 +292,43 @@ pub fn is_in_effect(body: &Map<String, Json>, profile: &Json) -> bool {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_get_user_refusal_is_named_with_its_remedy_and_nothing_else_is() {
+        let api = |status, message: &str| Auth0Error::Api {
+            method: "PATCH".into(),
+            endpoint: "/api/v2/users/{id}",
+            status,
+            code: Some("auth0_idp_error".into()),
+            message: message.into(),
+        };
+        let email = json!({"email": "new@x.io", "email_verified": false});
+        let refusal =
+            get_user_refusal(&email, &api(400, "The specified new email already exists")).unwrap();
+        assert!(refusal.contains("Get User script"), "{refusal}");
+        assert!(refusal.contains("marked as migrated"), "{refusal}");
+        let username = json!({"username": "pat"});
+        assert!(
+            get_user_refusal(
+                &username,
+                &api(400, "The specified new username already exists")
+            )
+            .unwrap()
+            .contains("new username")
+        );
+        // Another 400, or the same words for an attribute the body did not change: as is.
+        assert!(get_user_refusal(&email, &api(400, "Payload validation error")).is_none());
+        assert!(
+            get_user_refusal(
+                &username,
+                &api(400, "The specified new email already exists")
+            )
+            .is_none()
+        );
+        assert!(
+            get_user_refusal(&email, &api(409, "The specified new email already exists")).is_none()
+        );
+    }
 
     #[test]
     fn a_body_is_in_effect_when_the_profile_shows_it() {
@@ -274,6 +348,16 @@ mod tests {
         assert!(is_in_effect(
             json!({"name": null}).as_object().unwrap(),
             &json!({"email": "a"})
+        ));
+        let username = json!({"username": "PatK"});
+        assert!(is_in_effect(
+            username.as_object().unwrap(),
+            &json!({"username": "patk"})
+        ));
+        let email = json!({"email": "a@x.io", "email_verified": false, "verify_email": false});
+        assert!(is_in_effect(
+            email.as_object().unwrap(),
+            &json!({"email": "a@x.io", "email_verified": false})
         ));
     }
 }

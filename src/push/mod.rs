@@ -9,23 +9,25 @@ pub mod plan;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Refusal {
     pub planned: u64,
-    pub migrated: u64,
+    /// The users a push may change (migrated ones, and cached ones whose root attributes the
+    /// API may change).
+    pub pushable: u64,
     pub limit: f64,
 }
 
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let fraction = self.planned as f64 / self.migrated.max(1) as f64;
+        let fraction = self.planned as f64 / self.pushable.max(1) as f64;
         // The smallest hundredth that lets exactly this push through.
         let suggestion = ((fraction * 100.0).ceil() / 100.0).max(0.01);
         write!(
             f,
-            "refusing to push: {} of {} migrated users ({:.1}%) would change, more than \
+            "refusing to push: {} of {} users a push may change ({:.1}%) would change, more than \
              reconcile.max_push_fraction = {}. So many changes at once usually mean a mapping \
              mistake (a wrong column, a changed query). If they are real, push this once with \
              --max-push-fraction {:.2}",
             self.planned,
-            self.migrated,
+            self.pushable,
             fraction * 100.0,
             self.limit,
             suggestion
@@ -33,14 +35,14 @@ impl std::fmt::Display for Refusal {
     }
 }
 
-/// Allows a push of `planned` users out of `migrated` when it stays within `limit`.
-pub fn check_fraction(planned: u64, migrated: u64, limit: f64) -> Result<(), Refusal> {
-    if planned == 0 || (planned as f64) <= limit * migrated as f64 {
+/// Allows a push of `planned` users out of `pushable` when it stays within `limit`.
+pub fn check_fraction(planned: u64, pushable: u64, limit: f64) -> Result<(), Refusal> {
+    if planned == 0 || (planned as f64) <= limit * pushable as f64 {
         Ok(())
     } else {
         Err(Refusal {
             planned,
-            migrated,
+            pushable,
             limit,
         })
     }
@@ -57,13 +59,13 @@ mod tests {
         let refusal = check_fraction(6, 100, 0.05).unwrap_err();
         let message = refusal.to_string();
         assert!(
-            message.contains("6 of 100 migrated users (6.0%)"),
+            message.contains("6 of 100 users a push may change (6.0%)"),
             "{message}"
         );
         assert!(message.contains("--max-push-fraction 0.06"), "{message}");
         assert!(
             check_fraction(1, 0, 1.0).is_err(),
-            "no migrated users: nothing to push into"
+            "no users a push may change: nothing to push into"
         );
     }
 }

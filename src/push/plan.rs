@@ -1,17 +1,21 @@
 //! Planning: turns the keys the legacy side changed into `PATCH /api/v2/users/{id}` bodies that
-//! Auth0 accepts (`../shared/reference/auth0.md`):
+//! Auth0 accepts (the sources of each rule are in SIMULATOR.md, which enforces the same ones):
 //! - only the root attributes allowed for the user's state: a cached custom-database profile
 //!   (connection without `import_mode`) takes only `app_metadata`, `user_metadata` and
 //!   `blocked`; a migrated one also the configured profile attributes;
 //! - metadata as first-level keys, `null` for a key the legacy side removed, so keys only Auth0
 //!   has are never touched (Auth0 merges one level deep);
-//! - `email` always with `email_verified`, because Auth0 resets verification otherwise;
-//! - the combinations Auth0 rejects (`username` with `email_verified` or `password`) split into
-//!   separate requests.
+//! - `email` always with an explicit `email_verified` (the legacy value, else what
+//!   `reconcile.pushed_email_verified` says: by default a new address is not claimed verified)
+//!   and an explicit `verify_email` (`reconcile.verify_email`, default `false`), so that
+//!   neither a verification state nor a verification mail comes about by surprise;
+//! - the combinations Auth0 rejects (`username` with `email`, `email_verified` or `password`;
+//!   Management API reference, "Update a user", 400 answers) split into separate requests.
 
 use serde_json::{Map, Value as Json};
 
 use crate::baseline::KeyValues;
+use crate::config::PushedEmailVerified;
 use crate::profile::{Field, Kind, Profile, Value};
 
 /// Root attributes a push may set on a migrated user by default (the reference's list).
@@ -32,16 +36,38 @@ const CACHED_FIELDS: [Field; 3] = [Field::Blocked, Field::UserMetadata, Field::A
 pub struct PushPolicy {
     /// The connection's `import_mode`: users are migrated into Auth0's own store.
     pub import_mode: bool,
+    /// Whether Auth0 refreshes a cached profile's root attributes at each login (the
+    /// connection's `set_user_root_attributes` is `on_each_login`); when it does not, Auth0
+    /// lets the Management API change them.
+    pub root_attributes_refreshed: bool,
     /// Root attributes allowed for migrated users (besides blocked and metadata).
     pub migrated_fields: Vec<Field>,
-    /// Whether the legacy query manages `email_verified` (else Auth0's value is kept).
+    /// Whether the legacy query manages `email_verified` (its value then goes with an email).
     pub legacy_has_email_verified: bool,
+    /// What a pushed email states as `email_verified` without the legacy column.
+    pub pushed_email_verified: PushedEmailVerified,
+    /// `verify_email` sent with every pushed email.
+    pub verify_email: bool,
 }
 
 impl PushPolicy {
     fn allows(&self, field: Field) -> bool {
+        let cached_allows = !self.root_attributes_refreshed && field.synced_at_login();
         CACHED_FIELDS.contains(&field)
-            || (self.import_mode && self.migrated_fields.contains(&field))
+            || (self.migrated_fields.contains(&field) && (self.import_mode || cached_allows))
+    }
+
+    /// The `email_verified` a pushed email states.
+    fn email_verified(&self, legacy: &Profile<'_>, auth0: &Profile<'_>) -> bool {
+        let verified = if self.legacy_has_email_verified {
+            legacy.get(Field::EmailVerified)
+        } else {
+            match self.pushed_email_verified {
+                PushedEmailVerified::False => None,
+                PushedEmailVerified::Keep => auth0.get(Field::EmailVerified),
+            }
+        };
+        matches!(verified, Some(Value::Bool(true)))
     }
 }
 
@@ -110,20 +136,19 @@ pub fn plan_user(
         }
         keys.push((values.key.to_string(), values.legacy));
     }
-    if body.contains_key("email") && !body.contains_key("email_verified") {
-        let verified = if policy.legacy_has_email_verified {
-            legacy.get(Field::EmailVerified)
-        } else {
-            auth0.get(Field::EmailVerified)
-        };
-        body.insert(
-            "email_verified".into(),
-            Json::Bool(matches!(verified, Some(Value::Bool(true)))),
-        );
+    if body.contains_key("email") {
+        if !body.contains_key("email_verified") {
+            let verified = policy.email_verified(legacy, auth0);
+            body.insert("email_verified".into(), Json::Bool(verified));
+        }
+        body.insert("verify_email".into(), Json::Bool(policy.verify_email));
     }
     let mut bodies = Vec::new();
-    // Auth0 rejects username together with email_verified (and password, never sent here).
-    if body.contains_key("username") && body.contains_key("email_verified") {
+    // Auth0 rejects username together with email or email_verified (and password, never sent
+    // here): the username goes in a request of its own, after the rest.
+    if body.contains_key("username")
+        && (body.contains_key("email") || body.contains_key("email_verified"))
+    {
         let mut username = Map::new();
         if let Some(value) = body.remove("username") {
             username.insert("username".into(), value);
@@ -161,8 +186,11 @@ mod tests {
     fn policy(import_mode: bool) -> PushPolicy {
         PushPolicy {
             import_mode,
+            root_attributes_refreshed: true,
             migrated_fields: DEFAULT_MIGRATED_FIELDS.to_vec(),
             legacy_has_email_verified: false,
+            pushed_email_verified: PushedEmailVerified::False,
+            verify_email: false,
         }
     }
 
@@ -179,23 +207,88 @@ mod tests {
     }
 
     #[test]
-    fn email_goes_with_the_current_verification() {
+    fn an_email_states_its_verification_and_whether_to_mail_explicitly() {
         let legacy = profile(&[(Field::Email, text("new@x.io"))]);
         let auth0 = profile(&[
             (Field::Email, text("old@x.io")),
             (Field::EmailVerified, Value::Bool(true)),
         ]);
-        let plan = plan(&[Field::Email], &legacy, &auth0, &[], &policy(true));
+        // By default a new address is not claimed verified, and no mail goes out.
+        let plan_with = |policy: &PushPolicy| plan(&[Field::Email], &legacy, &auth0, &[], policy);
         assert_eq!(
-            plan.bodies,
-            [json!({"email": "new@x.io", "email_verified": true})
-                .as_object()
-                .unwrap()
-                .clone()]
+            plan_with(&policy(true)).bodies,
+            [
+                json!({"email": "new@x.io", "email_verified": false, "verify_email": false})
+                    .as_object()
+                    .unwrap()
+                    .clone()
+            ]
         );
         assert_eq!(
-            plan.keys,
+            plan_with(&policy(true)).keys,
             [("email".to_owned(), crate::baseline::hash(Some("new@x.io")))]
+        );
+        let keep_and_mail = PushPolicy {
+            pushed_email_verified: PushedEmailVerified::Keep,
+            verify_email: true,
+            ..policy(true)
+        };
+        assert_eq!(
+            plan_with(&keep_and_mail).bodies,
+            [
+                json!({"email": "new@x.io", "email_verified": true, "verify_email": true})
+                    .as_object()
+                    .unwrap()
+                    .clone()
+            ]
+        );
+        // The legacy column wins over both.
+        let legacy_verified = profile(&[
+            (Field::Email, text("new@x.io")),
+            (Field::EmailVerified, Value::Bool(true)),
+        ]);
+        let from_legacy = PushPolicy {
+            legacy_has_email_verified: true,
+            ..policy(true)
+        };
+        let plan = plan(
+            &[Field::Email, Field::EmailVerified],
+            &legacy_verified,
+            &profile(&[(Field::Email, text("old@x.io"))]),
+            &[],
+            &from_legacy,
+        );
+        assert_eq!(
+            plan.bodies[0]["email_verified"],
+            json!(true),
+            "{:?}",
+            plan.bodies
+        );
+    }
+
+    #[test]
+    fn cached_root_attributes_are_pushed_when_not_refreshed_at_login() {
+        let legacy = profile(&[(Field::Name, text("New")), (Field::Email, text("n@x.io"))]);
+        let auth0 = profile(&[(Field::Name, text("Old")), (Field::Email, text("o@x.io"))]);
+        let not_refreshed = PushPolicy {
+            root_attributes_refreshed: false,
+            ..policy(false)
+        };
+        let plan = plan(
+            &[Field::Name, Field::Email],
+            &legacy,
+            &auth0,
+            &[],
+            &not_refreshed,
+        );
+        assert_eq!(
+            plan.bodies,
+            [json!({"name": "New"}).as_object().unwrap().clone()]
+        );
+        assert_eq!(
+            plan.refused,
+            [Field::Email],
+            "an email still needs import mode"
         );
     }
 
@@ -240,6 +333,37 @@ mod tests {
                 .as_object()
                 .unwrap()
                 .clone()]
+        );
+    }
+
+    #[test]
+    fn username_goes_apart_from_email() {
+        let legacy = profile(&[
+            (Field::Username, text("pat")),
+            (Field::Email, text("pat@x.io")),
+        ]);
+        let auth0 = profile(&[
+            (Field::Username, text("patrick")),
+            (Field::Email, text("patrick@x.io")),
+        ]);
+        let mut with_username = policy(true);
+        with_username.migrated_fields.push(Field::Username);
+        let plan = plan(
+            &[Field::Username, Field::Email],
+            &legacy,
+            &auth0,
+            &[],
+            &with_username,
+        );
+        assert_eq!(
+            plan.bodies,
+            [
+                json!({"email": "pat@x.io", "email_verified": false, "verify_email": false})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+                json!({"username": "pat"}).as_object().unwrap().clone()
+            ]
         );
     }
 

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use futures_util::StreamExt;
 use secrecy::ExposeSecret;
 
+use super::connection::ConnectionFacts;
 use super::join::{JoinContext, Joined};
 use super::progress::Counters;
 use super::{PushPhase, ReconcileError, RunOptions, with_store};
@@ -56,7 +57,7 @@ pub(super) async fn run(
         apply::Recovered::default()
     };
     let connection = client.connection_by_name(&config.auth0.connection).await?;
-    let migrated = super::resolve_migrated(&config.auth0.migrated, connection.options.import_mode);
+    let facts = ConnectionFacts::read(config, &connection);
 
     let mut db = legacy::connect(config.legacy.url.expose_secret()).await?;
     let columns = legacy::describe(&mut db, &config.legacy.query).await?;
@@ -97,14 +98,16 @@ pub(super) async fn run(
     let baselines = with_store(store, |store| {
         store.baselines_of(rows.iter().map(|(legacy_id, _)| &**legacy_id))
     })?;
-    let policy = super::push_policy(config, connection.options.import_mode, &fields);
+    let policy = facts.push_policy(config, &fields);
+    let kept = super::connection::attributes_read(config, &fields);
     let filter = ExportFilter {
         connection: config.auth0.connection.clone(),
-        migrated,
+        migrated: facts.migrated.clone(),
     };
     let counters = Counters::default();
     let context = JoinContext {
-        fields: &fields,
+        rules: facts.rules(&fields),
+        kept: &kept,
         filter: &filter,
         policy: &policy,
         orphans: config.reconcile.orphans,
@@ -132,8 +135,14 @@ pub(super) async fn run(
             })?;
         }
         if !matched {
-            let verdict = classify::classify(&fields, Some(&record.view()), None, None);
-            joined.record(&auth0_id, legacy_id, verdict, None, Box::default());
+            // No Auth0 user: not migrated yet, or deleted in Auth0 since a run saw it migrated.
+            let verdict = classify::classify(
+                &context.rules,
+                Some(&record.view()),
+                None,
+                baselines.get(legacy_id),
+            );
+            joined.record(&auth0_id, legacy_id, verdict, None, None);
         }
     }
     let Joined {
@@ -183,5 +192,6 @@ pub(super) async fn run(
         summary,
         users,
         prepared: None,
+        notes: Vec::new(),
     })
 }

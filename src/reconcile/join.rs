@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 
 use crate::baseline::{self, KeyValues, PackedBaselines};
-use crate::classify::{self, Status, Verdict};
+use crate::classify::{self, Rules, Status, Verdict};
 use crate::config::OrphanAction;
 use crate::export::{self, Auth0User, ExportError, ExportFilter, Interpreted, MAX_LINE_BYTES};
 use crate::profile::{Field, LegacyView, Profile};
@@ -72,7 +72,10 @@ impl LegacyProgress {
 }
 /// What the join needs besides the two sides.
 pub struct JoinContext<'a> {
-    pub fields: &'a [Field],
+    pub rules: Rules<'a>,
+    /// The attributes a parked profile keeps: what the run reads from Auth0
+    /// ([`export::attributes_read`]).
+    pub kept: &'a [Field],
     pub filter: &'a ExportFilter,
     pub policy: &'a PushPolicy,
     pub orphans: OrphanAction,
@@ -142,8 +145,9 @@ pub struct Planned {
     /// The keys the bodies set, with the hash of their legacy value, for the baselines.
     pub keys: Vec<(String, i64)>,
     /// The user's baseline set after this run's agreeing keys, packed; pushed keys are added
-    /// to it, and it is written at the end of the run.
-    pub baselines: Box<[u8]>,
+    /// to it, and it is written at the end of the run. `None` for a user without a legacy row
+    /// (a blocked orphan): its stored set, the evidence that it was matched once, stays.
+    pub baselines: Option<Box<[u8]>>,
 }
 
 #[derive(Default)]
@@ -155,7 +159,9 @@ pub struct Joined {
     /// (a full run keeps them in its [`LegacyTable`]); users with a planned push are not among
     /// them: their sets travel with the plan.
     pub baseline_changes: BaselineWrites,
-    pub migrated_users: u64,
+    /// Auth0 users a push may change: migrated ones, and cached ones when the connection lets
+    /// the API change their root attributes (the fraction guard's denominator).
+    pub pushable_users: u64,
     /// Where the new baseline sets kept in the [`LegacyTable`] are.
     pub new_sets: Vec<NewSetRef>,
     /// Lines whose legacy row was not in yet, with their numbers.
@@ -262,8 +268,16 @@ pub fn join(
         workers.into_iter().map(|worker| worker.join()).collect()
     });
     gather(&mut joined, results, None)?;
-    // Legacy users without an Auth0 profile: not migrated, counted only.
-    joined.summary.not_migrated += table.remaining();
+    // Legacy users without an Auth0 profile: not migrated (counted only), unless an earlier
+    // run matched them (a stored set): then it may have seen them migrated.
+    let mut with_set = 0;
+    let untaken = table.untaken(|legacy_id, legacy, stored| {
+        with_set += 1;
+        let verdict = classify::classify(&context.rules, Some(&legacy), None, Some(stored));
+        let auth0_id = format!("{}{legacy_id}", export::USER_ID_PREFIX);
+        joined.record(&auth0_id, legacy_id, verdict, None, None);
+    });
+    joined.summary.not_migrated += untaken - with_set;
     Ok(joined)
 }
 
@@ -502,7 +516,7 @@ impl Joined {
         move_over(&mut self.users, &mut other.users);
         self.planned.append(&mut other.planned);
         self.baseline_changes.append(&mut other.baseline_changes);
-        self.migrated_users += other.migrated_users;
+        self.pushable_users += other.pushable_users;
         move_over(&mut self.new_sets, &mut other.new_sets);
         self.parked.append(&mut other.parked);
     }
@@ -548,7 +562,7 @@ impl Joined {
         let taken_as = table.take(user.legacy_id, taken, legacy_done, rejoin);
         if let Taken::Parked = taken_as {
             // Kept in a minimal form: many parked profiles are orphans that wait to the end.
-            let minimal = export::minimal_line(user, context.fields, context.filter);
+            let minimal = export::minimal_line(user, context.kept, context.filter);
             if let Phase::Streaming(legacy) = phase {
                 legacy
                     .parked_bytes
@@ -558,8 +572,8 @@ impl Joined {
             return Ok(());
         }
         self.summary.auth0_users += 1;
-        if user.migrated {
-            self.migrated_users += 1;
+        if user.migrated || !context.rules.root_attributes_refreshed {
+            self.pushable_users += 1;
         }
         match taken_as {
             Taken::Parked => {}
@@ -570,7 +584,7 @@ impl Joined {
                     self.new_sets.push(table.set_new_baselines(taken, &packed));
                 }
             }
-            Taken::Missing => self.unmatched(context, user),
+            Taken::Missing => self.unmatched(context, user, taken.baselines()),
             Taken::AlreadySeen => {
                 return Err((
                     number,
@@ -584,12 +598,18 @@ impl Joined {
         Ok(())
     }
 
-    /// An Auth0 profile without a legacy row.
-    pub fn unmatched(&mut self, context: &JoinContext<'_>, user: &Auth0User<'_>) {
-        let verdict = classify::classify(context.fields, None, Some(user), None);
+    /// An Auth0 profile without a legacy row; `stored` is the set an earlier run stored for its
+    /// id, if any (the evidence that it was matched once).
+    pub fn unmatched(
+        &mut self,
+        context: &JoinContext<'_>,
+        user: &Auth0User<'_>,
+        stored: PackedBaselines<'_>,
+    ) {
+        let verdict = classify::classify(&context.rules, None, Some(user), Some(stored));
         let plan = (verdict.status == Status::Orphaned && context.orphans == OrphanAction::Block)
             .then(|| block_plan(&user.profile));
-        self.record(user.auth0_id, user.legacy_id, verdict, plan, Box::default());
+        self.record(user.auth0_id, user.legacy_id, verdict, plan, None);
     }
 
     /// Classifies a user present on both sides and plans its push; returns the user's new
@@ -604,7 +624,7 @@ impl Joined {
         user: &Auth0User<'_>,
     ) -> Option<Box<[u8]>> {
         let stored = stored.unwrap_or_default();
-        let verdict = classify::classify(context.fields, Some(legacy), Some(user), Some(stored));
+        let verdict = classify::classify(&context.rules, Some(legacy), Some(user), Some(stored));
         let plan = (verdict.status == Status::Stranded).then(|| {
             let changed: Vec<&KeyValues> = verdict
                 .legacy_changed
@@ -614,27 +634,30 @@ impl Joined {
             plan::plan_user(&changed, &legacy.profile, &user.profile, context.policy)
         });
         let planned = plan.as_ref().is_some_and(|plan| !plan.bodies.is_empty());
-        let new_set = new_baselines(&verdict.keys, stored, context.fields);
+        let seen = baseline::Seen::of(user.migrated);
+        let new_set = new_baselines(&verdict.keys, stored, context.rules.fields, seen);
         if planned {
             let set = new_set.unwrap_or_else(|| stored.0.into());
-            self.record(user.auth0_id, user.legacy_id, verdict, plan, set);
+            self.record(user.auth0_id, user.legacy_id, verdict, plan, Some(set));
             None
         } else {
-            self.record(user.auth0_id, user.legacy_id, verdict, plan, Box::default());
+            self.record(user.auth0_id, user.legacy_id, verdict, plan, None);
             new_set
         }
     }
 
+    /// Counts a verdict, lists the user when its status is listed, and keeps its plan.
+    /// `baselines` is the set a planned push's keys are added to (`None`: nothing to write).
     pub fn record(
         &mut self,
         auth0_id: &str,
         legacy_id: &str,
         verdict: Verdict,
         plan: Option<UserPlan>,
-        baselines: Box<[u8]>,
+        baselines: Option<Box<[u8]>>,
     ) {
         self.summary.count(verdict.status);
-        if matches!(verdict.status, Status::InSync | Status::NotMigrated) {
+        if !verdict.status.is_listed() {
             return;
         }
         let mut needs_action = verdict.status.needs_action();
@@ -711,23 +734,22 @@ fn new_baselines(
     keys: &[KeyValues],
     stored: PackedBaselines<'_>,
     fields: &[Field],
+    seen: baseline::Seen,
 ) -> Option<Box<[u8]>> {
     if stored.is_empty() {
         // A user's first set (every user in a first run): the agreeing keys, packed straight
-        // from the keys; a metadata key absent on both sides needs no baseline.
-        let agreed = || {
-            keys.iter().filter(|key| {
-                let absent_metadata_key =
-                    key.legacy == baseline::no_value() && key.key.contains('.');
-                key.legacy == key.auth0 && !absent_metadata_key
-            })
-        };
-        return agreed()
-            .next()
-            .is_some()
-            .then(|| baseline::pack_pairs(agreed().map(|key| (&*key.key, key.legacy))));
+        // from the keys; a metadata key absent on both sides needs no baseline. Written even
+        // with no agreeing key: the set is the evidence that the user was matched.
+        let agreed = keys.iter().filter(|key| {
+            let absent_metadata_key = key.legacy == baseline::no_value() && key.key.contains('.');
+            key.legacy == key.auth0 && !absent_metadata_key
+        });
+        return Some(baseline::pack_pairs(
+            seen,
+            agreed.map(|key| (&*key.key, key.legacy)),
+        ));
     }
-    if unchanged(keys, stored, fields) {
+    if stored.seen() == Some(seen) && unchanged(keys, stored, fields) {
         return None;
     }
     let before = {
@@ -758,7 +780,7 @@ fn new_baselines(
         _ => true,
     });
     entries.sort_unstable();
-    (entries != before).then(|| baseline::pack(&entries))
+    (entries != before || stored.seen() != Some(seen)).then(|| baseline::pack(seen, &entries))
 }
 
 /// Whether the stored set already holds every agreeing key with its value and nothing to
@@ -783,7 +805,12 @@ fn unchanged(keys: &[KeyValues], stored: PackedBaselines<'_>, fields: &[Field]) 
 
 /// Adds the baselines of pushed keys to a planned user's set.
 pub fn record_pushed(planned: &mut Planned) {
-    let mut entries = PackedBaselines(&planned.baselines).entries();
+    let Some(baselines) = &planned.baselines else {
+        return;
+    };
+    let set = PackedBaselines(baselines);
+    let seen = set.seen().unwrap_or(baseline::Seen::Unknown);
+    let mut entries = set.entries();
     for (key, hash) in &planned.keys {
         match entries.iter_mut().find(|(name, _)| name == key) {
             Some(entry) => entry.1 = *hash,
@@ -791,13 +818,16 @@ pub fn record_pushed(planned: &mut Planned) {
         }
     }
     entries.sort_unstable();
-    planned.baselines = baseline::pack(&entries);
+    planned.baselines = Some(baseline::pack(seen, &entries));
 }
 
 /// Moves the sets of planned users into the writes.
 pub fn planned_baselines(planned: &[Planned], writes: &mut BaselineWrites) {
     for user in planned {
-        writes.push(&user.legacy_id, &user.baselines);
+        let Some(baselines) = &user.baselines else {
+            continue;
+        };
+        writes.push(&user.legacy_id, baselines);
     }
 }
 
@@ -830,15 +860,23 @@ mod tests {
                 },
                 policy: PushPolicy {
                     import_mode: true,
+                    root_attributes_refreshed: true,
                     migrated_fields: crate::push::plan::DEFAULT_MIGRATED_FIELDS.to_vec(),
                     legacy_has_email_verified: false,
+                    pushed_email_verified: crate::config::PushedEmailVerified::False,
+                    verify_email: false,
                 },
             }
         }
 
         fn context(&self) -> JoinContext<'_> {
             JoinContext {
-                fields: &[Field::Name],
+                rules: Rules {
+                    fields: &[Field::Name],
+                    connection_migrated: Some(true),
+                    root_attributes_refreshed: true,
+                },
+                kept: &[Field::Name],
                 filter: &self.filter,
                 policy: &self.policy,
                 orphans: OrphanAction::Report,
@@ -855,7 +893,8 @@ mod tests {
     }
 
     /// Profiles that arrive before their legacy rows are parked and still joined with them;
-    /// those without a row end as orphans; the counts equal a join after the read.
+    /// one without a row and without a stored set is a signup; the counts equal a join after
+    /// the read.
     #[test]
     fn profiles_ahead_of_their_rows_are_joined_once_the_rows_are_in() {
         let table = LegacyTable::default();
@@ -887,7 +926,7 @@ mod tests {
         let summary = &joined.summary;
         assert_eq!(summary.auth0_users, 7);
         assert_eq!((summary.in_sync, summary.stranded), (3, 3), "{summary:?}");
-        assert_eq!(summary.orphaned, 1);
+        assert_eq!((summary.orphaned, summary.auth0_only), (0, 1));
         assert_eq!(summary.not_migrated, 0);
         let mut stranded: Vec<&str> = joined
             .planned
@@ -896,6 +935,75 @@ mod tests {
             .collect();
         stranded.sort_unstable();
         assert_eq!(stranded, ["2", "4", "6"]);
+    }
+
+    /// The stored sets are the evidence for users on one side only, whether their profile
+    /// comes while the legacy rows still arrive (parked, joined again) or after.
+    #[test]
+    fn stored_sets_decide_the_users_present_on_one_side_only() {
+        for legacy_first in [false, true] {
+            let mut table = LegacyTable::default();
+            let migrated = crate::baseline::pack(crate::baseline::Seen::Migrated, &[]);
+            let cached = crate::baseline::pack(crate::baseline::Seen::Cached, &[]);
+            table.load_stored(|each| {
+                each("7", &migrated);
+                each("9", &migrated);
+                each("10", &cached);
+            });
+            let progress = LegacyProgress::default();
+            let parts = Parts::new();
+            let context = parts.context();
+            insert(&table, 1, "Same");
+            let rest = |table: &LegacyTable| {
+                for id in [9, 10, 12] {
+                    insert(table, id, "Same");
+                }
+                progress.finish(true);
+                table.forget_stored();
+            };
+            if legacy_first {
+                rest(&table);
+            }
+            // 1 matches; 7 lost its row since a run matched it; 8 never had one.
+            let export: String = [1, 7, 8].map(|id| line(id, "Same") + "\n").concat();
+            let joined = std::thread::scope(|scope| {
+                let joining =
+                    scope.spawn(|| join("test", export.as_bytes(), &table, &context, &progress));
+                if !legacy_first {
+                    while progress.parked_bytes.load(Ordering::Relaxed) == 0 {
+                        std::thread::yield_now();
+                    }
+                    rest(&table);
+                }
+                joining.join().unwrap()
+            })
+            .unwrap();
+            let summary = &joined.summary;
+            assert_eq!(
+                (
+                    summary.in_sync,
+                    summary.orphaned,
+                    summary.auth0_only,
+                    summary.deleted_in_auth0,
+                    summary.not_migrated
+                ),
+                (1, 1, 1, 1, 2),
+                "legacy first: {legacy_first}: {summary:?}"
+            );
+            let mut listed: Vec<(&str, Status)> = joined
+                .users
+                .iter()
+                .map(|user| (user.user_id.as_str(), user.status))
+                .collect();
+            listed.sort_unstable_by_key(|(id, _)| *id);
+            assert_eq!(
+                listed,
+                [
+                    ("auth0|7", Status::Orphaned),
+                    ("auth0|9", Status::DeletedInAuth0)
+                ]
+            );
+        }
     }
 
     #[test]

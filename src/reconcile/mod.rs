@@ -4,6 +4,7 @@
 //! baselines, and returns the report. Nothing is recorded as complete after an error.
 
 mod changes;
+mod connection;
 mod index;
 mod join;
 mod progress;
@@ -24,11 +25,11 @@ use crate::export::{self, ExportError, ExportFilter};
 use crate::legacy::{self, LegacyError};
 use crate::profile::Field;
 use crate::push::apply::{self, ApplyError, Outcome, PushTask, RecoverError};
-use crate::push::plan::{DEFAULT_MIGRATED_FIELDS, PushPolicy};
 use crate::push::{self, Refusal};
 use crate::report::{PushState, REPORT_VERSION, Report, RunInfo, Summary, UserEntry};
 use crate::state::{StateError, StateStore};
 use crate::timestamp;
+use connection::ConnectionFacts;
 pub use join::yield_to_legacy_side;
 use join::{BaselineWrites, JoinContext, Joined, LegacyTable};
 use progress::Counters;
@@ -130,9 +131,8 @@ enum Source {
 
 /// What the Auth0 side settled before the join.
 struct Auth0Side {
-    migrated: MigratedRule,
+    facts: ConnectionFacts,
     job: Option<Job>,
-    import_mode: Option<bool>,
 }
 
 /// What a run reads.
@@ -270,6 +270,7 @@ async fn run_recorded(
     store: &Arc<Mutex<StateStore>>,
 ) -> Result<Report, ReconcileError> {
     let clock = Instant::now();
+    let first_run = with_store(store, |store| store.last_success("full"))?.is_none();
     let source = source(config, options)?;
     let client = api_client(config, &source, push, options, env)?;
     let mut recovered = apply::Recovered::default();
@@ -353,17 +354,15 @@ async fn run_recorded(
         );
         result.map(|_| legacy_users)
     };
+    let kept = connection::attributes_read(config, &fields);
     let join_side = async {
-        let side = prepare_auth0_side(config, client.as_deref(), &source, &fields, &options.export)
-            .await?;
-        // Without the API the connection is unknown: a rule that says "migrated" implies it.
-        let import_mode = side
-            .import_mode
-            .unwrap_or(side.migrated != MigratedRule::Never);
-        let policy = push_policy(config, import_mode, &fields);
+        let side =
+            prepare_auth0_side(config, client.as_deref(), &source, &kept, &options.export).await?;
+        let policy = side.facts.push_policy(config, &fields);
+        let facts = side.facts.clone();
         let filter = ExportFilter {
             connection: config.auth0.connection.clone(),
-            migrated: side.migrated,
+            migrated: side.facts.migrated,
         };
         let orphans = config.reconcile.orphans;
         let download = match (&source, side.job, &client) {
@@ -409,7 +408,8 @@ async fn run_recorded(
                 }
             };
             let context = JoinContext {
-                fields: &fields,
+                rules: facts.rules(&fields),
+                kept: &kept,
                 filter: &filter,
                 policy: &policy,
                 orphans,
@@ -419,12 +419,12 @@ async fn run_recorded(
         })
         .await
         .map_err(|error| ReconcileError::Worker(error.to_string()))?;
-        Ok::<_, ReconcileError>((import_mode, joined))
+        Ok::<_, ReconcileError>(joined)
     };
     let (legacy_result, join_result) = tokio::join!(legacy_side, join_side);
     // The legacy side's error first: a join cut short by it says less.
     let legacy_users = legacy_result?;
-    let (_import_mode, joined) = join_result?;
+    let joined = join_result?;
     let joined = joined?;
     drop(db);
     if options.stop.is_cancelled() {
@@ -438,7 +438,7 @@ async fn run_recorded(
         mut users,
         mut planned,
         baseline_changes,
-        migrated_users,
+        pushable_users,
         new_sets,
         ..
     } = joined;
@@ -477,10 +477,11 @@ async fn run_recorded(
             recovered: &recovered.profiles,
         };
         interrupted = phase
-            .run(&mut users, &mut summary, &mut planned, migrated_users)
+            .run(&mut users, &mut summary, &mut planned, pushable_users)
             .await?;
     }
 
+    let notes = first_run_notes(first_run, &config.auth0.migrated, &summary);
     run.finished_at = timestamp::now_rfc3339();
     let mut report = Report {
         version: REPORT_VERSION,
@@ -488,6 +489,7 @@ async fn run_recorded(
         summary,
         users,
         prepared: None,
+        notes,
     };
     // The report file is written while the baselines are: neither waits for the other, and
     // the file only takes its name once the whole run has succeeded.
@@ -536,6 +538,26 @@ async fn run_recorded(
     Ok(report)
 }
 
+/// What the first run of a state file tells its reader: it cannot tell a deletion in the
+/// legacy database from a signup yet. With a migration marker there is no such doubt: a
+/// migrated user carries the marker.
+fn first_run_notes(first_run: bool, rule: &MigratedRule, summary: &Summary) -> Vec<String> {
+    if !first_run || summary.auth0_only == 0 || matches!(rule, MigratedRule::AppMetadataKey(_)) {
+        return Vec::new();
+    }
+    let note = format!(
+        "{} Auth0 users of the connection have no legacy row and no evidence that they ever had \
+         one, so they are auth0_only (with import mode, people who sign up are created in Auth0 \
+         only). This is the first run with this state file: a user deleted from the legacy \
+         database before it looks the same, unless the migration marker \
+         (auth0.migrated = \"app_metadata.<key>\") is set on it. From now on, a user this run \
+         matched that loses its legacy row is reported orphaned.",
+        summary.auth0_only
+    );
+    tracing::warn!("{note}");
+    vec![note]
+}
+
 /// The push step of a run: the fraction guard, then the journaled apply; outcomes go into the
 /// report entries, and the baselines of applied keys into the plans' sets. Returns the
 /// `Interrupted` error to raise once the baselines are written, when a signal stopped it.
@@ -556,7 +578,7 @@ impl PushPhase<'_> {
         users: &mut [UserEntry],
         summary: &mut Summary,
         planned: &mut [join::Planned],
-        migrated_users: u64,
+        pushable_users: u64,
     ) -> Result<Option<ReconcileError>, ReconcileError> {
         // Users are sorted by id now: find each plan's report entry once (entry → plan).
         let by_index: std::collections::HashMap<usize, usize> = planned
@@ -569,7 +591,7 @@ impl PushPhase<'_> {
                 Some((index, plan_index))
             })
             .collect();
-        if let Err(refusal) = push::check_fraction(planned.len() as u64, migrated_users, self.limit)
+        if let Err(refusal) = push::check_fraction(planned.len() as u64, pushable_users, self.limit)
         {
             refuse(users, by_index.keys().copied(), &refusal);
             return Ok(None);
@@ -714,54 +736,31 @@ async fn prepare_auth0_side(
     config: &Config,
     client: Option<&Auth0Client>,
     source: &Source,
-    fields: &[Field],
+    attributes: &[Field],
     export: &ExportOptions,
 ) -> Result<Auth0Side, ReconcileError> {
     let Some(client) = client else {
         return Ok(Auth0Side {
-            migrated: config.auth0.migrated.clone(),
+            facts: ConnectionFacts::assumed(config),
             job: None,
-            import_mode: None,
         });
     };
     let connection = client.connection_by_name(&config.auth0.connection).await?;
-    let import_mode = connection.options.import_mode;
-    let migrated = resolve_migrated(&config.auth0.migrated, import_mode);
-    tracing::info!(connection = %connection.id, import_mode, "found the connection");
+    let facts = ConnectionFacts::read(config, &connection);
+    tracing::info!(
+        connection = %connection.id,
+        import_mode = facts.import_mode,
+        root_attributes_refreshed = facts.root_attributes_refreshed,
+        "found the connection"
+    );
     let job = match source {
         Source::Export => {
-            let wanted = export_job::fields_for(fields, &migrated);
+            let wanted = export_job::fields_for(attributes, &facts.migrated);
             Some(export_job::run_job(client, &connection.id, &wanted, export).await?)
         }
         Source::File(_) => None,
     };
-    Ok(Auth0Side {
-        migrated,
-        job,
-        import_mode: Some(import_mode),
-    })
-}
-
-/// The migration rule with `import_mode` replaced by what the connection says.
-fn resolve_migrated(rule: &MigratedRule, import_mode: bool) -> MigratedRule {
-    match rule {
-        MigratedRule::ImportMode if import_mode => MigratedRule::Always,
-        MigratedRule::ImportMode => MigratedRule::Never,
-        other => other.clone(),
-    }
-}
-
-/// What a push may send, for a connection with or without `import_mode`.
-fn push_policy(config: &Config, import_mode: bool, fields: &[Field]) -> PushPolicy {
-    PushPolicy {
-        import_mode,
-        migrated_fields: config
-            .reconcile
-            .push_fields
-            .clone()
-            .unwrap_or_else(|| DEFAULT_MIGRATED_FIELDS.to_vec()),
-        legacy_has_email_verified: fields.contains(&Field::EmailVerified),
-    }
+    Ok(Auth0Side { facts, job })
 }
 
 /// A run id that sorts by time and stays unique across hosts and processes.

@@ -34,7 +34,9 @@ const BLOCK_BYTES: usize = 1 << 20;
 
 /// Entry layout: `[kind][id length: u32][record length: u32][stored set: u64][id][record]`,
 /// where the stored set is an offset into [`StoredSets`] (or [`NO_STORED_SET`]). A tombstone
-/// with a new baseline set keeps the set where the record was.
+/// with a new baseline set keeps the set where the record was, and its length in place of the
+/// stored set's offset (no longer needed once the user is taken): the record length stays, so
+/// that an arena block can be walked entry by entry.
 const HEADER: usize = 17;
 const NO_STORED_SET: u64 = u64::MAX;
 const KIND_LEGACY: u8 = 0;
@@ -161,8 +163,25 @@ impl<'a> EntryView<'a> {
             .unwrap_or_default()
     }
 
+    /// The new baseline set of a taken user: where the record was, as long as the stored
+    /// field says.
     fn new_baselines(self) -> Option<&'a [u8]> {
-        (self.kind() == KIND_NEW_BASELINES).then(|| self.record_bytes())
+        if self.kind() != KIND_NEW_BASELINES {
+            return None;
+        }
+        let (id, _) = self.lengths();
+        let len = usize::try_from(self.stored()).unwrap_or(0);
+        Some(
+            self.0
+                .get(HEADER + id..HEADER + id + len)
+                .unwrap_or_default(),
+        )
+    }
+
+    /// Bytes the entry takes in its block.
+    fn footprint(self) -> usize {
+        let (id, record) = self.lengths();
+        HEADER + id + record
     }
 
     /// The id's first eight bytes as a big-endian number: ordering by it orders by id up to
@@ -226,6 +245,9 @@ struct Shard {
     /// Legacy users not taken yet: counted as they go, since finding them afterwards would
     /// visit every entry in random order (ten million cache misses at ten million users).
     untaken: u64,
+    /// Those of them with a stored set (an earlier run matched them): only these need a look
+    /// at the end, and only shards that have any are walked.
+    untaken_with_set: u64,
 }
 
 pub struct LegacyTable {
@@ -272,16 +294,33 @@ impl StoredSets {
         (id, set)
     }
 
-    /// The offset of `id`'s set, if it has one.
-    fn find(&self, hash: u64, id: &[u8]) -> u64 {
+    /// The offset of `id`'s set, if it has one; the set leaves the index, which keeps only
+    /// the sets no legacy row has claimed (those of users gone from legacy).
+    fn claim(&self, hash: u64, id: &[u8]) -> u64 {
+        let mut index = self
+            .index
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Some(index) = index.as_mut() else {
+            return NO_STORED_SET;
+        };
+        match index.find_entry(hash, |&offset| Self::at(&self.bytes, offset).0 == id) {
+            Ok(entry) => entry.remove().0 as u64,
+            Err(_) => NO_STORED_SET,
+        }
+    }
+
+    /// The set of an id no legacy row claimed, if it has one.
+    fn unclaimed(&self, hash: u64, id: &[u8]) -> &[u8] {
         let index = self
             .index
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        index
+        let offset = index
             .as_ref()
             .and_then(|index| index.find(hash, |&offset| Self::at(&self.bytes, offset).0 == id))
-            .map_or(NO_STORED_SET, |&offset| offset as u64)
+            .map_or(NO_STORED_SET, |&offset| offset as u64);
+        self.set(offset)
     }
 
     fn set(&self, offset: u64) -> &[u8] {
@@ -413,12 +452,13 @@ impl LegacyTable {
         }
         let id = id.as_bytes();
         let hash = self.hash(id);
-        let stored = self.stored.find(hash, id);
+        let stored = self.stored.claim(hash, id);
         let mut shard = self.shard(hash);
         let Shard {
             index,
             arena,
             untaken,
+            untaken_with_set,
         } = &mut *shard;
         match find(index, arena, hash, id) {
             Some(position) => {
@@ -436,6 +476,7 @@ impl LegacyTable {
             }
         }
         *untaken += 1;
+        *untaken_with_set += u64::from(stored != NO_STORED_SET);
         Ok(Inserted::New)
     }
 
@@ -465,14 +506,19 @@ impl LegacyTable {
         };
     }
 
-    /// Frees the index of the stored sets once every legacy row is in (the sets themselves
-    /// stay until the users are taken).
+    /// Shrinks the index of the stored sets once every legacy row is in: it keeps only the
+    /// sets no legacy row claimed (users gone from legacy, whose Auth0 profiles may still
+    /// come and need them as evidence). The sets themselves stay until the end of the join.
     pub fn forget_stored(&self) {
-        *self
+        let mut index = self
             .stored
             .index
             .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(index) = index.as_mut() {
+            let bytes = &self.stored.bytes;
+            index.shrink_to_fit(|&offset| self.hasher.hash_one(StoredSets::at(bytes, offset).0));
+        }
     }
 
     /// Asks the CPU for the index slot where a lookup of `id` starts, without a lock and
@@ -495,6 +541,7 @@ impl LegacyTable {
             index,
             arena,
             untaken,
+            untaken_with_set,
         } = &mut *shard;
         match find(index, arena, hash, id) {
             Some(position) => {
@@ -502,6 +549,8 @@ impl LegacyTable {
                 let entry = arena.entry(at);
                 if rejoin && entry.kind() == KIND_PARKED {
                     bury(arena.entry_mut(at));
+                    drop(shard);
+                    self.take_unclaimed(hash, id, buffer);
                     return Taken::Missing;
                 }
                 if entry.is_tombstone() {
@@ -515,8 +564,9 @@ impl LegacyTable {
                     .extend_from_slice(self.stored.set(entry.stored()));
                 buffer.shard = Self::shard_of(hash);
                 buffer.at = at;
-                bury(arena.entry_mut(at));
                 *untaken -= 1;
+                *untaken_with_set -= u64::from(entry.stored() != NO_STORED_SET);
+                bury(arena.entry_mut(at));
                 Taken::Legacy
             }
             None => {
@@ -529,13 +579,24 @@ impl LegacyTable {
                 if index.insert_new(hash, at, |at| self.hash(arena.entry(at).id_bytes())) {
                     self.publish(index, hash);
                 }
-                if legacy_done {
-                    Taken::Missing
-                } else {
-                    Taken::Parked
+                if !legacy_done {
+                    return Taken::Parked;
                 }
+                drop(shard);
+                self.take_unclaimed(hash, id, buffer);
+                Taken::Missing
             }
         }
+    }
+
+    /// Puts the stored set of an id without a legacy row (if an earlier run stored one) into
+    /// `buffer`, with an empty record.
+    fn take_unclaimed(&self, hash: u64, id: &[u8], buffer: &mut TakenUser) {
+        buffer.bytes.clear();
+        buffer.record = 0;
+        buffer
+            .bytes
+            .extend_from_slice(self.stored.unclaimed(hash, id));
     }
 
     /// Records the new baseline set of the user just taken out into `taken`: in place of its
@@ -546,16 +607,17 @@ impl LegacyTable {
         let entry = arena.entry(taken.at);
         let (id_len, record_len) = entry.lengths();
         let prefix = entry.sort_prefix();
+        let set_len = packed.len() as u64;
         let at = if packed.len() <= record_len {
             let entry = arena.entry_mut(taken.at);
             entry[0] = KIND_NEW_BASELINES;
-            entry[5..9].copy_from_slice(&(packed.len() as u32).to_le_bytes());
+            entry[9..HEADER].copy_from_slice(&set_len.to_le_bytes());
             entry[HEADER + id_len..HEADER + id_len + packed.len()].copy_from_slice(packed);
             taken.at
         } else {
             // Rare (a set larger than the record): a new entry, and the index points at it.
             let id = entry.id_bytes().to_vec();
-            let moved = arena.push(KIND_NEW_BASELINES, &id, packed, NO_STORED_SET);
+            let moved = arena.push(KIND_NEW_BASELINES, &id, packed, set_len);
             let hash = self.hash(&id);
             if let Some(position) = index.find(hash, |at| at == taken.at) {
                 index.set(position, moved);
@@ -586,7 +648,40 @@ impl LegacyTable {
         }
     }
 
+    /// Calls `each` with the id, record and stored set of every legacy user never taken that
+    /// has a stored set (an earlier run matched it: it may have been deleted in Auth0), and
+    /// returns how many legacy users were never taken in all. Only shards holding such users
+    /// are walked, block by block in memory order.
+    pub fn untaken(&self, mut each: impl FnMut(&str, LegacyView<'_>, PackedBaselines<'_>)) -> u64 {
+        let mut untaken = 0;
+        for shard in self.shards.iter() {
+            let shard = shard
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            untaken += shard.untaken;
+            if shard.untaken_with_set == 0 {
+                continue;
+            }
+            for block in &shard.arena.blocks {
+                let mut offset = 0;
+                while let Some(bytes) = block.get(offset..).filter(|bytes| bytes.len() >= HEADER) {
+                    let entry = EntryView(bytes);
+                    if entry.kind() == KIND_LEGACY && entry.stored() != NO_STORED_SET {
+                        each(
+                            entry.id(),
+                            LegacyView::of(entry.record_bytes()),
+                            PackedBaselines(self.stored.set(entry.stored())),
+                        );
+                    }
+                    offset += entry.footprint();
+                }
+            }
+        }
+        untaken
+    }
+
     /// The legacy users never taken.
+    #[cfg(test)]
     pub fn remaining(&self) -> u64 {
         self.shards
             .iter()
@@ -662,7 +757,7 @@ impl NewBaselines {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::baseline::pack;
+    use crate::baseline::{Seen, pack};
     use crate::profile::{Field, LegacyRecordBuilder};
 
     fn record(email: &str) -> Vec<u8> {
@@ -703,7 +798,7 @@ mod tests {
     #[test]
     fn users_are_taken_once_with_their_record_and_baselines() {
         let mut table = LegacyTable::default();
-        let packed = pack(&[("email".to_owned(), 5)]);
+        let packed = pack(Seen::Migrated, &[("email".to_owned(), 5)]);
         table.load_stored(|each| {
             each("1", &packed);
             each("9", &packed);
@@ -722,7 +817,8 @@ mod tests {
             Taken::Legacy
         ));
         // A new set that fits in place of the record.
-        new_sets.push(table.set_new_baselines(&user, &pack(&[("name".to_owned(), 1)])));
+        new_sets
+            .push(table.set_new_baselines(&user, &pack(Seen::Migrated, &[("name".to_owned(), 1)])));
         let take = |id| table.take(id, &mut TakenUser::default(), true, false);
         assert!(matches!(take("1"), Taken::AlreadySeen));
         assert!(matches!(take("9"), Taken::Missing));
@@ -737,7 +833,10 @@ mod tests {
         assert!(user.baselines().is_empty());
         assert_eq!(table.remaining(), 0);
         // One that needs a larger entry: the user stays taken.
-        let long = pack(&[("user_metadata.".to_owned() + &"k".repeat(200), 2)]);
+        let long = pack(
+            Seen::Migrated,
+            &[("user_metadata.".to_owned() + &"k".repeat(200), 2)],
+        );
         new_sets.push(table.set_new_baselines(&user, &long));
         assert!(matches!(
             table.take("2", &mut user, true, false),
@@ -776,7 +875,10 @@ mod tests {
         assert_eq!(
             sets,
             vec![
-                ("1".to_owned(), pack(&[("name".to_owned(), 1)]).to_vec()),
+                (
+                    "1".to_owned(),
+                    pack(Seen::Migrated, &[("name".to_owned(), 1)]).to_vec()
+                ),
                 ("2".to_owned(), long.to_vec()),
             ]
         );

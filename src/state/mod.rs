@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::baseline::{PackedBaselines, pack};
+use crate::baseline::{PackedBaselines, Seen, pack, pack_without_seen};
 use chunks::ChunkTable;
 
 mod chunks;
@@ -70,7 +70,44 @@ const MIGRATIONS: &[Migration] = &[
     // 3 → 4: the sets of neighbouring users packed together (see `chunks`): a first run
     // writes a row per few dozen users instead of one per user.
     Migration::Code(chunk_baselines),
+    // 4 → 5: sets written from now on start with what the run saw of the user (see
+    // `baseline::Seen`), and usernames compare case-insensitively: username baselines hashed
+    // with capitals would match neither side any more, so they are dropped (the timestamp
+    // rule stands in until the next run agrees again).
+    Migration::Code(forget_username_baselines),
 ];
+
+fn forget_username_baselines(transaction: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    let mut rewritten: Vec<(String, Box<[u8]>)> = Vec::new();
+    {
+        let mut select =
+            transaction.prepare("SELECT body FROM baseline_chunks ORDER BY first_id")?;
+        let mut rows = select.query([])?;
+        while let Some(row) = rows.next()? {
+            let body: Vec<u8> = row.get(0)?;
+            for user in chunks::users(&body) {
+                let (id, set) = user?;
+                let set = PackedBaselines(set);
+                if set.find("username").is_none() {
+                    continue;
+                }
+                let kept: Vec<(String, i64)> = set
+                    .entries()
+                    .into_iter()
+                    .filter(|(key, _)| key != "username")
+                    .collect();
+                // The set stays, even empty: it is the evidence that a run matched the user.
+                rewritten.push((id.to_owned(), pack(Seen::Unknown, &kept)));
+            }
+        }
+    }
+    if rewritten.is_empty() {
+        return Ok(());
+    }
+    ChunkTable::new(transaction)?
+        .write(rewritten.iter().map(|(id, set)| (id.as_str(), &set[..])))
+        .map(|_| ())
+}
 
 fn chunk_baselines(transaction: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
     transaction.execute_batch(
@@ -106,7 +143,7 @@ fn repack_baselines_with_tags(transaction: &rusqlite::Transaction<'_>) -> rusqli
     let mut update =
         transaction.prepare("UPDATE user_baselines SET packed = ?2 WHERE user_id = ?1")?;
     for (user_id, old) in rows {
-        update.execute(params![user_id, pack(&unpack_v2(&old))])?;
+        update.execute(params![user_id, pack_without_seen(&unpack_v2(&old))])?;
     }
     Ok(())
 }
@@ -594,8 +631,11 @@ mod tests {
     fn baselines_are_written_per_user_and_forgotten() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = StateStore::open(&dir.path().join("s.db")).unwrap();
-        let one = pack(&[("email".into(), 7), ("user_metadata.lang".into(), -8)]);
-        let two = pack(&[("email".into(), 9)]);
+        let one = pack(
+            Seen::Migrated,
+            &[("email".into(), 7), ("user_metadata.lang".into(), -8)],
+        );
+        let two = pack(Seen::Migrated, &[("email".into(), 9)]);
         store.write_baselines([("1", &*one), ("2", &*two)]).unwrap();
         store.write_baselines([("2", &[][..])]).unwrap();
         let baselines = store.baselines().unwrap();
@@ -622,7 +662,8 @@ mod tests {
             connection.execute_batch(v1).unwrap();
             connection
                 .execute_batch(
-                    "INSERT INTO baselines VALUES ('1', 'email', 5), ('1', 'name', 6), ('2', 'email', 7);
+                    "INSERT INTO baselines VALUES ('1', 'email', 5), ('1', 'name', 6), ('2', 'email', 7),
+                         ('2', 'username', 8), ('3', 'username', 9);
                      PRAGMA user_version = 1;",
                 )
                 .unwrap();
@@ -632,10 +673,17 @@ mod tests {
         let mut one = baselines.get("1").unwrap().entries();
         one.sort();
         assert_eq!(one, vec![("email".to_owned(), 5), ("name".to_owned(), 6)]);
-        assert_eq!(
-            baselines.get("2").unwrap().entries(),
-            vec![("email".to_owned(), 7)]
-        );
+        // Username baselines are dropped (usernames now ignore case); the sets stay, as the
+        // evidence that a run matched the users, without knowing how.
+        let two = baselines.get("2").unwrap();
+        assert_eq!(two.entries(), vec![("email".to_owned(), 7)]);
+        let three = baselines
+            .get("3")
+            .expect("a set emptied by the migration stays");
+        assert_eq!(three.entries(), vec![]);
+        for set in [baselines.get("1").unwrap(), two, three] {
+            assert_eq!(set.seen(), Some(Seen::Unknown));
+        }
     }
 
     #[test]

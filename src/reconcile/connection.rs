@@ -1,0 +1,98 @@
+//! What the run knows about the custom database connection — whether its users are migrated,
+//! whether Auth0 refreshes cached root attributes at login — and what follows from it for the
+//! comparison ([`Rules`]), the push ([`PushPolicy`]) and the attributes read from Auth0. A full
+//! run and a changes run derive all three from here, so they cannot disagree.
+
+use crate::auth0::Connection;
+use crate::classify::Rules;
+use crate::config::{Config, MigratedRule, OrphanAction, PushedEmailVerified};
+use crate::export;
+use crate::profile::Field;
+use crate::push::plan::{DEFAULT_MIGRATED_FIELDS, PushPolicy};
+
+/// The connection's settings that decide verdicts and pushes.
+#[derive(Debug, Clone)]
+pub struct ConnectionFacts {
+    /// The migration rule, `import_mode` replaced by what the connection says.
+    pub migrated: MigratedRule,
+    pub import_mode: bool,
+    pub root_attributes_refreshed: bool,
+}
+
+impl ConnectionFacts {
+    /// From the connection as the Management API describes it.
+    pub fn read(config: &Config, connection: &Connection) -> ConnectionFacts {
+        let import_mode = connection.options.import_mode;
+        ConnectionFacts {
+            migrated: resolve_migrated(&config.auth0.migrated, import_mode),
+            import_mode,
+            root_attributes_refreshed: connection.options.root_attributes_refreshed(),
+        }
+    }
+
+    /// Without the Management API (a report from a file): a rule that says "migrated" implies
+    /// import mode, and root attributes are taken to be refreshed at login (Auth0's default,
+    /// which pushes nothing a cached profile might refuse).
+    pub fn assumed(config: &Config) -> ConnectionFacts {
+        ConnectionFacts {
+            migrated: config.auth0.migrated.clone(),
+            import_mode: config.auth0.migrated != MigratedRule::Never,
+            root_attributes_refreshed: true,
+        }
+    }
+
+    /// The comparison's rules for these compared fields.
+    pub fn rules<'a>(&self, fields: &'a [Field]) -> Rules<'a> {
+        Rules {
+            fields,
+            connection_migrated: match &self.migrated {
+                MigratedRule::AppMetadataKey(_) => None,
+                MigratedRule::Never => Some(false),
+                MigratedRule::Always => Some(true),
+                MigratedRule::ImportMode => Some(self.import_mode),
+            },
+            root_attributes_refreshed: self.root_attributes_refreshed,
+        }
+    }
+
+    /// What a push may send.
+    pub fn push_policy(&self, config: &Config, fields: &[Field]) -> PushPolicy {
+        PushPolicy {
+            import_mode: self.import_mode,
+            root_attributes_refreshed: self.root_attributes_refreshed,
+            migrated_fields: config
+                .reconcile
+                .push_fields
+                .clone()
+                .unwrap_or_else(|| DEFAULT_MIGRATED_FIELDS.to_vec()),
+            legacy_has_email_verified: fields.contains(&Field::EmailVerified),
+            pushed_email_verified: config.reconcile.pushed_email_verified,
+            verify_email: config.reconcile.verify_email,
+        }
+    }
+}
+
+/// The Auth0 attributes a run reads: the compared ones, and what its pushes look at besides —
+/// `blocked` when orphans are blocked (an orphan already blocked is not patched again), and
+/// `email_verified` when a pushed email keeps Auth0's verification.
+pub fn attributes_read(config: &Config, fields: &[Field]) -> Vec<Field> {
+    let mut also = Vec::new();
+    if config.reconcile.orphans == OrphanAction::Block {
+        also.push(Field::Blocked);
+    }
+    if fields.contains(&Field::Email)
+        && config.reconcile.pushed_email_verified == PushedEmailVerified::Keep
+    {
+        also.push(Field::EmailVerified);
+    }
+    export::attributes_read(fields, &also)
+}
+
+/// The migration rule with `import_mode` replaced by what the connection says.
+fn resolve_migrated(rule: &MigratedRule, import_mode: bool) -> MigratedRule {
+    match rule {
+        MigratedRule::ImportMode if import_mode => MigratedRule::Always,
+        MigratedRule::ImportMode => MigratedRule::Never,
+        other => other.clone(),
+    }
+}
