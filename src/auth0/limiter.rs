@@ -5,23 +5,33 @@
 //! `x-ratelimit-reset`, which Auth0 documents as the UNIX second "of the expected time when
 //! additional requests will be added to the bucket" ("Rate Limit Use Cases"): when the *next*
 //! token comes, not when the bucket is full again, so it says nothing about the refill rate.
-//! The mirror keeps a local token count. Each request gets a sequence number; the newest answer
-//! so far re-synchronises the count to `remaining` minus the requests still in flight (answers
-//! overtake each other across connections, so any of those may be uncounted by the server
-//! yet). Between answers the count refills at the server's refill rate, which is not announced
-//! and so is *measured*: while the bucket is clearly below full, the server's count moves by
-//! `refill × elapsed − requests answered in between`, and over a second or more the rounding of
-//! `remaining` is small. The measurement uses only the local monotonic clock (client/server
-//! clock skew does not matter) and counts another application's use of the same bucket as a
-//! slower refill, which errs on the safe side; a 3% margin absorbs the rounding. Until a rate
-//! is measured, a lower bound stands in: over a second or more, the tokens the server's count
-//! gained (its change plus the requests answered, less those that were in flight at the start
-//! and one for the rounding) — a bucket that filled up in between only gained more than that,
-//! so the bound holds even then, and it grows as fast as the traffic shows the bucket keeping
-//! up. With neither, an empty bucket waits for
-//! the announced reset and then takes the one token it promises. A 429 blocks the class until
-//! `Retry-After` (which Auth0 does not document for the Management API, but which is honoured
-//! when present) or the reset.
+//! The mirror keeps a local token count.
+//!
+//! **Re-synchronising.** An answer says `remaining` as the server counted when it handled the
+//! request; requests reach the server over several connections in any order, and their answers
+//! come back in any order too. So the count is set to `remaining` minus the requests still in
+//! flight (any of them may be uncounted yet) only from an answer to a request sent after the
+//! last re-synchronising answer came — that request was surely counted later. Any other answer
+//! may be older than what the count already knows, and may only lower it. Once every request
+//! is answered, the server has counted them all, and its count is at least the lowest
+//! `remaining` answered since the last re-synchronisation.
+//!
+//! **Refilling.** Between answers the count refills at the server's rate, which is not
+//! announced. It is *measured* while the bucket is clearly below full: the server's count moves
+//! by `refill × elapsed − requests answered in between`, with a 3% margin for the rounding of
+//! `remaining`. Beside it stands a *lower bound* that holds whatever the order of answers and
+//! even when the bucket filled up in between: from an answer S to an answer E, the server's
+//! count went from S's `remaining` to E's while counting at least the requests answered after S
+//! and before E was sent (less those in flight at S) and E itself, within the time from S's
+//! sending to E's answer; over a second or more. The larger of the two is used: both err low
+//! (the measurement when the bucket filled up between answers), and the bound grows as fast as
+//! the traffic shows the bucket keeping up. Only the local monotonic clock is used (client and
+//! server clock skew does not matter), and another application's use of the same bucket counts
+//! as a slower refill, which errs on the safe side. With neither, an empty bucket waits for the
+//! announced reset and then takes the one token it promises; with no news at all (no rate-limit
+//! headers, no answer), a token is assumed after two seconds, within which every documented
+//! bucket adds one. A 429 blocks the class until `Retry-After` (which Auth0 does not document
+//! for the Management API, but which is honoured when present) or the reset.
 //!
 //! Auth0's plans lay buckets out differently: Enterprise and Free have one global Management
 //! API bucket, Essentials and Professional one per endpoint group. The mirror keeps one count
@@ -90,6 +100,17 @@ struct Sample {
     answered: u64,
     /// Requests still in flight when it came: the server may have counted them before it.
     open: u64,
+    /// When its request was sent (the server counted it after that).
+    sent: Instant,
+}
+
+/// A request in flight.
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    at: Instant,
+    /// Answers received in its class before it was sent: those requests were counted by the
+    /// server before it.
+    answered_before: u64,
 }
 
 #[derive(Debug, Default)]
@@ -109,13 +130,17 @@ struct Bucket {
     probe: bool,
     in_flight: u32,
     next_ticket: u64,
-    /// The requests in flight: sequence number → when it was sent.
-    open_tickets: std::collections::BTreeMap<u64, Instant>,
+    /// The requests in flight, by sequence number.
+    open_tickets: std::collections::BTreeMap<u64, Sent>,
     /// When the answer that last re-synchronised the count came. An answer to a request sent
     /// after it shows the server's count later than that one did; an answer to a request sent
     /// before may show an older count (requests reach the server in any order over several
     /// connections), so it may only lower the count.
     synced_at: Option<Instant>,
+    /// The lowest `remaining` answered since that re-synchronisation. Once every request is
+    /// answered, the server has counted them all, and its count is at least this (the last
+    /// request it counted reported one of these values, and none came after).
+    floor_since_sync: Option<f64>,
     answered: u64,
     /// Recent answers with the bucket below full, for measuring the refill rate.
     samples: VecDeque<Sample>,
@@ -124,8 +149,14 @@ struct Bucket {
 }
 
 impl Bucket {
+    /// The refill rate to count on: the larger of the measured rate and the lower bound. Both
+    /// err low (the measurement when the bucket filled up between answers), so the larger is
+    /// still safe.
     fn rate(&self) -> Option<f64> {
-        self.refill.or(self.provisional)
+        match (self.refill, self.provisional) {
+            (Some(measured), Some(bound)) => Some(measured.max(bound)),
+            (measured, bound) => measured.or(bound),
+        }
     }
 
     fn refill(&mut self, now: Instant) {
@@ -140,7 +171,11 @@ impl Bucket {
     fn issue(&mut self, now: Instant) -> u64 {
         self.in_flight += 1;
         self.next_ticket += 1;
-        self.open_tickets.insert(self.next_ticket, now);
+        let sent = Sent {
+            at: now,
+            answered_before: self.answered,
+        };
+        self.open_tickets.insert(self.next_ticket, sent);
         self.next_ticket
     }
 
@@ -196,7 +231,7 @@ impl Bucket {
     }
 
     /// Forgets a request; returns when it was sent.
-    fn close(&mut self, ticket: u64) -> Option<Instant> {
+    fn close(&mut self, ticket: u64) -> Option<Sent> {
         let sent = self.open_tickets.remove(&ticket);
         if sent.is_some() {
             self.in_flight = self.in_flight.saturating_sub(1);
@@ -226,22 +261,34 @@ impl Bucket {
             // surely shows a newer count; an older one may only lower the count.
             let counted = remaining - self.open_tickets.len() as f64;
             let newer = match (sent, self.synced_at) {
-                (Some(sent), Some(synced)) => sent > synced,
+                (Some(sent), Some(synced)) => sent.at > synced,
                 (_, None) => true,
                 (None, Some(_)) => false,
             };
             if newer {
                 self.synced_at = Some(now);
                 self.tokens = counted;
+                self.floor_since_sync = Some(remaining);
             } else {
                 self.tokens = self.tokens.min(counted);
+                self.floor_since_sync = Some(
+                    self.floor_since_sync
+                        .map_or(remaining, |floor| floor.min(remaining)),
+                );
+            }
+            if self.open_tickets.is_empty()
+                && let Some(floor) = self.floor_since_sync
+            {
+                self.tokens = self.tokens.max(floor);
             }
             self.limit = Some(limit);
             self.probe = false;
             self.next_token_at = Some(now + until_unix(info.reset));
             if throttled.is_none() {
                 self.measure(remaining, limit, now);
-                self.bound(remaining, now);
+                if let Some(sent) = sent {
+                    self.bound(remaining, sent, now);
+                }
             }
         }
         if let Some(wait) = throttled {
@@ -252,13 +299,12 @@ impl Bucket {
     }
 
     /// The lower bound: the most any window of a second or more shows the bucket gained.
-    fn bound(&mut self, remaining: f64, now: Instant) {
-        self.gains.push_back(Sample {
-            at: now,
-            remaining,
-            answered: self.answered,
-            open: self.open_tickets.len() as u64,
-        });
+    /// Between an earlier answer S and this one E, the server's count went from S's `remaining`
+    /// to E's while it counted at least the requests answered after S and before E was sent
+    /// (less those in flight at S, which it may have counted before S), and E itself; its
+    /// `remaining` values are rounded down, which takes one token back. That took at most from
+    /// S's sending to now. Answers overtake each other, so nothing tighter is certain.
+    fn bound(&mut self, remaining: f64, sent: Sent, now: Instant) {
         while self
             .gains
             .front()
@@ -269,20 +315,29 @@ impl Bucket {
         let bound = self
             .gains
             .iter()
-            .filter(|sample| now.duration_since(sample.at) >= BOUND_WINDOW)
+            .filter(|sample| now.duration_since(sample.sent) >= BOUND_WINDOW)
             .map(|sample| {
-                // Requests answered since, less those in flight at the sample (the server may
-                // have counted them before it), and one token for the rounding of `remaining`.
-                let consumed = (self.answered - sample.answered).saturating_sub(sample.open);
-                let gained = remaining - sample.remaining + consumed as f64 - 1.0;
-                gained / now.duration_since(sample.at).as_secs_f64()
+                let counted = sent
+                    .answered_before
+                    .saturating_sub(sample.answered)
+                    .saturating_sub(sample.open);
+                // One for E itself, one less for the rounding.
+                let gained = remaining - sample.remaining + counted as f64;
+                gained / now.duration_since(sample.sent).as_secs_f64()
             })
             .fold(None, |best: Option<f64>, rate| {
                 Some(best.map_or(rate, |best| best.max(rate)))
             });
         if let Some(bound) = bound.filter(|bound| *bound > 0.0) {
-            self.provisional = Some(bound * RATE_MARGIN);
+            self.provisional = Some(bound);
         }
+        self.gains.push_back(Sample {
+            at: now,
+            remaining,
+            answered: self.answered,
+            open: self.open_tickets.len() as u64,
+            sent: sent.at,
+        });
     }
 
     fn measure(&mut self, remaining: f64, limit: f64, now: Instant) {
@@ -296,6 +351,7 @@ impl Bucket {
             remaining,
             answered: self.answered,
             open: 0,
+            sent: now,
         });
         while self
             .samples
@@ -748,8 +804,41 @@ mod tests {
         }
         assert!(bucket.refill.is_none());
         let bound = bucket.provisional.expect("a bound");
-        // Five tokens every 250 ms were taken: 20/s, less the rounding token, less the margin.
+        // Five tokens every 250 ms were taken: 20/s at least, less what the window's edges
+        // cannot prove.
         assert!((14.0..=20.0).contains(&bound), "{bound}");
+    }
+
+    #[test]
+    fn answers_that_overtook_others_cannot_inflate_the_lower_bound() {
+        // The server refills 12/s into a bucket of 8. Each second: one request alone, then a
+        // burst of seven; the server counts the burst's last request first, and its answer
+        // comes last (seen on real sockets).
+        let mut bucket = Bucket::default();
+        let start = Instant::now();
+        let info = |remaining| {
+            Some(RateInfo {
+                limit: 8,
+                remaining,
+                reset: unix_now() + 5,
+            })
+        };
+        for second in 0..5u64 {
+            let at = |ms: u64| start + Duration::from_millis(1000 * second + ms);
+            let alone = bucket.issue(at(0));
+            bucket.observe(alone, info(7), None, at(1));
+            let burst: Vec<u64> = (0..7).map(|_| bucket.issue(at(2))).collect();
+            for (ticket, remaining) in burst.iter().zip([5, 4, 3, 2, 1, 0]) {
+                bucket.observe(*ticket, info(remaining), None, at(3));
+            }
+            bucket.observe(burst[6], info(6), None, at(4));
+            let bound = bucket.provisional.unwrap_or(0.0);
+            assert!(
+                bound <= 12.0,
+                "second {second}: {bound}/s is more than the bucket gives"
+            );
+        }
+        assert!(bucket.provisional.is_some_and(|bound| bound >= 6.0));
     }
 
     #[test]
