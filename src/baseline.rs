@@ -408,6 +408,7 @@ pub enum StoredKey<'a> {
 impl StoredKey<'_> {
     /// Whether this is the key named `key` (`field` or `field.key`), compared without
     /// building the name.
+    #[inline]
     pub fn is(&self, key: &str) -> bool {
         match *self {
             StoredKey::Field(field) => field.name() == key,
@@ -440,6 +441,7 @@ pub struct PackedBaselines<'a>(pub &'a [u8]);
 
 impl<'a> PackedBaselines<'a> {
     /// The (key, hash) pairs, without the [`Seen`] entry.
+    #[inline]
     pub fn iter(&self) -> impl Iterator<Item = (StoredKey<'a>, i64)> + 'a {
         let mut rest = self.keys_part();
         std::iter::from_fn(move || {
@@ -450,6 +452,7 @@ impl<'a> PackedBaselines<'a> {
     }
 
     /// The hash stored for `key`, if any.
+    #[inline]
     pub fn find(&self, key: &str) -> Option<i64> {
         self.iter()
             .find(|(stored, _)| stored.is(key))
@@ -462,6 +465,7 @@ impl<'a> PackedBaselines<'a> {
     }
 
     /// What the run that wrote the set saw; `None` when there is no set.
+    #[inline]
     pub fn seen(&self) -> Option<Seen> {
         match self.0 {
             [] => None,
@@ -471,6 +475,7 @@ impl<'a> PackedBaselines<'a> {
     }
 
     /// The bytes after the [`Seen`] entry.
+    #[inline]
     fn keys_part(&self) -> &'a [u8] {
         match self.0 {
             [SEEN_TAG, _, rest @ ..] => rest,
@@ -486,6 +491,7 @@ impl<'a> PackedBaselines<'a> {
 
 /// Decodes one entry; `None` at the end or on damage (a damaged tail only loses baselines,
 /// which the timestamps then stand in for).
+#[inline]
 fn next_entry(bytes: &[u8]) -> Option<((StoredKey<'_>, i64), &[u8])> {
     let (&coded_tag, rest) = bytes.split_first()?;
     let tag = coded_tag & !CODED_TAG;

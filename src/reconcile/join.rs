@@ -28,7 +28,7 @@ use crate::report::{PushOutcome, PushState, Summary, UserEntry};
 use super::ReconcileError;
 use super::progress::Counters;
 pub use super::table::LegacyTable;
-use super::table::{NewSetRef, Taken, TakenUser};
+use super::table::{MissingRef, NewSetRef, Taken, TakenUser};
 
 /// Threads that parse and classify export lines: with decompression on a thread of its own,
 /// two keep both cores of a small machine busy.
@@ -166,6 +166,19 @@ pub struct Joined {
     pub new_sets: Vec<NewSetRef>,
     /// Lines whose legacy row was not in yet, with their numbers.
     parked: Vec<(u64, Box<[u8]>)>,
+    /// Auth0 users without a legacy row, classified once the join is over: their evidence
+    /// (a set an earlier run stored) is found for all of them in one pass over the sets.
+    without_row: Vec<WithoutRow>,
+}
+
+/// What the verdict on an Auth0 user without a legacy row needs; its id stays in the table
+/// (no allocation per user on the workers: a thousand small ones each outlive the join in
+/// their thread's heap).
+#[derive(Debug, Clone, Copy)]
+struct WithoutRow {
+    at: MissingRef,
+    migrated: bool,
+    blocked: bool,
 }
 
 /// What every line is joined with.
@@ -278,6 +291,12 @@ pub fn join(
         joined.record(&auth0_id, legacy_id, verdict, None, None);
     });
     joined.summary.not_migrated += untaken - with_set;
+    joined.classify_without_row(context, table);
+    tracing::info!(
+        legacy_without_profile = untaken,
+        of_them_matched_before = with_set,
+        "legacy users without an Auth0 profile"
+    );
     Ok(joined)
 }
 
@@ -519,6 +538,7 @@ impl Joined {
         self.pushable_users += other.pushable_users;
         move_over(&mut self.new_sets, &mut other.new_sets);
         self.parked.append(&mut other.parked);
+        self.without_row.append(&mut other.without_row);
     }
 
     fn join_line(
@@ -584,7 +604,14 @@ impl Joined {
                     self.new_sets.push(table.set_new_baselines(taken, &packed));
                 }
             }
-            Taken::Missing => self.unmatched(context, user, taken.baselines()),
+            Taken::Missing(at) => self.without_row.push(WithoutRow {
+                at,
+                migrated: user.migrated,
+                blocked: matches!(
+                    user.profile.get(Field::Blocked),
+                    Some(crate::profile::Value::Bool(true))
+                ),
+            }),
             Taken::AlreadySeen => {
                 return Err((
                     number,
@@ -598,18 +625,43 @@ impl Joined {
         Ok(())
     }
 
-    /// An Auth0 profile without a legacy row; `stored` is the set an earlier run stored for its
-    /// id, if any (the evidence that it was matched once).
-    pub fn unmatched(
-        &mut self,
-        context: &JoinContext<'_>,
-        user: &Auth0User<'_>,
-        stored: PackedBaselines<'_>,
-    ) {
-        let verdict = classify::classify(&context.rules, None, Some(user), Some(stored));
-        let plan = (verdict.status == Status::Orphaned && context.orphans == OrphanAction::Block)
-            .then(|| block_plan(&user.profile));
-        self.record(user.auth0_id, user.legacy_id, verdict, plan, None);
+    /// Classifies the Auth0 users without a legacy row, with the sets earlier runs stored
+    /// for their ids (the evidence that they were matched once).
+    fn classify_without_row(&mut self, context: &JoinContext<'_>, table: &LegacyTable) {
+        let users = std::mem::take(&mut self.without_row);
+        let refs: Vec<MissingRef> = users.iter().map(|user| user.at).collect();
+        let mut text = String::new();
+        let spans = table.ids_of(&refs, &mut text);
+        let mut order: Vec<usize> = (0..users.len()).collect();
+        order.sort_unstable_by(|&a, &b| text[spans[a].clone()].cmp(&text[spans[b].clone()]));
+        let ids: Vec<&str> = order.iter().map(|&i| &text[spans[i].clone()]).collect();
+        let mut sets: Vec<Option<Box<[u8]>>> = vec![None; ids.len()];
+        table.stored_sets_of(&ids, |position, set| sets[position] = Some(set.0.into()));
+        let mut auth0_id = String::new();
+        for ((&index, legacy_id), set) in order.iter().zip(&ids).zip(sets) {
+            let user = users[index];
+            let mut profile = Profile::default();
+            profile.set(
+                Field::Blocked,
+                Some(crate::profile::Value::Bool(user.blocked)),
+            );
+            auth0_id.clear();
+            auth0_id.push_str(export::USER_ID_PREFIX);
+            auth0_id.push_str(legacy_id);
+            let auth0 = Auth0User {
+                auth0_id: &auth0_id,
+                legacy_id,
+                profile,
+                created_at: None,
+                migrated: user.migrated,
+            };
+            let stored = PackedBaselines(set.as_deref().unwrap_or_default());
+            let verdict = classify::classify(&context.rules, None, Some(&auth0), Some(stored));
+            let plan = (verdict.status == Status::Orphaned
+                && context.orphans == OrphanAction::Block)
+                .then(|| block_plan(&auth0.profile));
+            self.record(auth0.auth0_id, auth0.legacy_id, verdict, plan, None);
+        }
     }
 
     /// Classifies a user present on both sides and plans its push; returns the user's new

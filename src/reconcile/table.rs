@@ -208,7 +208,9 @@ pub enum Taken {
     Legacy,
     /// Taken before, or an Auth0 id seen before without a legacy row.
     AlreadySeen,
-    Missing,
+    /// No legacy row: the id stays in the table as a tombstone, found again with
+    /// [`LegacyTable::ids_of`].
+    Missing(MissingRef),
     /// Not here yet: the caller keeps the line and joins it again with `rejoin`.
     Parked,
 }
@@ -294,33 +296,34 @@ impl StoredSets {
         (id, set)
     }
 
-    /// The offset of `id`'s set, if it has one; the set leaves the index, which keeps only
-    /// the sets no legacy row has claimed (those of users gone from legacy).
-    fn claim(&self, hash: u64, id: &[u8]) -> u64 {
-        let mut index = self
-            .index
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let Some(index) = index.as_mut() else {
-            return NO_STORED_SET;
-        };
-        match index.find_entry(hash, |&offset| Self::at(&self.bytes, offset).0 == id) {
-            Ok(entry) => entry.remove().0 as u64,
-            Err(_) => NO_STORED_SET,
-        }
-    }
-
-    /// The set of an id no legacy row claimed, if it has one.
-    fn unclaimed(&self, hash: u64, id: &[u8]) -> &[u8] {
+    /// The offset of `id`'s set, if it has one.
+    fn find(&self, hash: u64, id: &[u8]) -> u64 {
         let index = self
             .index
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let offset = index
+        index
             .as_ref()
             .and_then(|index| index.find(hash, |&offset| Self::at(&self.bytes, offset).0 == id))
-            .map_or(NO_STORED_SET, |&offset| offset as u64);
-        self.set(offset)
+            .map_or(NO_STORED_SET, |&offset| offset as u64)
+    }
+
+    /// Calls `each` with the position in `ids` and the stored set of every id that has one.
+    /// `ids` and the stored sets are both in id order (bytes, as SQLite orders text), so one
+    /// pass over the sets finds them all without an index.
+    fn each_of_sorted(&self, ids: &[&str], mut each: impl FnMut(usize, &[u8])) {
+        let (mut next, mut offset) = (0, 0);
+        while offset < self.bytes.len() && next < ids.len() {
+            let (id, set) = Self::at(&self.bytes, offset);
+            offset += 8 + id.len() + set.len();
+            while next < ids.len() && ids[next].as_bytes() < id {
+                next += 1;
+            }
+            while next < ids.len() && ids[next].as_bytes() == id {
+                each(next, set);
+                next += 1;
+            }
+        }
     }
 
     fn set(&self, offset: u64) -> &[u8] {
@@ -452,7 +455,7 @@ impl LegacyTable {
         }
         let id = id.as_bytes();
         let hash = self.hash(id);
-        let stored = self.stored.claim(hash, id);
+        let stored = self.stored.find(hash, id);
         let mut shard = self.shard(hash);
         let Shard {
             index,
@@ -506,19 +509,15 @@ impl LegacyTable {
         };
     }
 
-    /// Shrinks the index of the stored sets once every legacy row is in: it keeps only the
-    /// sets no legacy row claimed (users gone from legacy, whose Auth0 profiles may still
-    /// come and need them as evidence). The sets themselves stay until the end of the join.
+    /// Frees the index of the stored sets once every legacy row is in (the sets themselves
+    /// stay until the end of the join: the users without a legacy row are looked up in them
+    /// then, in one pass, see [`LegacyTable::stored_sets_of`]).
     pub fn forget_stored(&self) {
-        let mut index = self
+        *self
             .stored
             .index
             .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(index) = index.as_mut() {
-            let bytes = &self.stored.bytes;
-            index.shrink_to_fit(|&offset| self.hasher.hash_one(StoredSets::at(bytes, offset).0));
-        }
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
     }
 
     /// Asks the CPU for the index slot where a lookup of `id` starts, without a lock and
@@ -549,9 +548,7 @@ impl LegacyTable {
                 let entry = arena.entry(at);
                 if rejoin && entry.kind() == KIND_PARKED {
                     bury(arena.entry_mut(at));
-                    drop(shard);
-                    self.take_unclaimed(hash, id, buffer);
-                    return Taken::Missing;
+                    return Taken::Missing(MissingRef::new(Self::shard_of(hash), at));
                 }
                 if entry.is_tombstone() {
                     return Taken::AlreadySeen;
@@ -579,24 +576,39 @@ impl LegacyTable {
                 if index.insert_new(hash, at, |at| self.hash(arena.entry(at).id_bytes())) {
                     self.publish(index, hash);
                 }
-                if !legacy_done {
-                    return Taken::Parked;
+                if legacy_done {
+                    Taken::Missing(MissingRef::new(Self::shard_of(hash), at))
+                } else {
+                    Taken::Parked
                 }
-                drop(shard);
-                self.take_unclaimed(hash, id, buffer);
-                Taken::Missing
             }
         }
     }
 
-    /// Puts the stored set of an id without a legacy row (if an earlier run stored one) into
-    /// `buffer`, with an empty record.
-    fn take_unclaimed(&self, hash: u64, id: &[u8], buffer: &mut TakenUser) {
-        buffer.bytes.clear();
-        buffer.record = 0;
-        buffer
-            .bytes
-            .extend_from_slice(self.stored.unclaimed(hash, id));
+    /// Appends the ids of the Auth0 users `missing` points at to `text`; returns where each is.
+    pub fn ids_of(&self, missing: &[MissingRef], text: &mut String) -> Vec<std::ops::Range<usize>> {
+        missing
+            .iter()
+            .map(|&MissingRef(at)| {
+                let shard = (at >> SHARD_SHIFT) as usize;
+                let start = text.len();
+                text.push_str(
+                    self.lock(shard)
+                        .arena
+                        .entry(at & ((1 << SHARD_SHIFT) - 1))
+                        .id(),
+                );
+                start..text.len()
+            })
+            .collect()
+    }
+
+    /// Calls `each` with the position in `ids` (legacy ids without a legacy row, sorted) and
+    /// the set an earlier run stored for it, for every one that has a set.
+    pub fn stored_sets_of(&self, ids: &[&str], each: impl FnMut(usize, PackedBaselines<'_>)) {
+        let mut each = each;
+        self.stored
+            .each_of_sorted(ids, |position, set| each(position, PackedBaselines(set)));
     }
 
     /// Records the new baseline set of the user just taken out into `taken`: in place of its
@@ -698,6 +710,16 @@ impl LegacyTable {
 /// Where a shard's number goes in a reference of [`NewBaselines`]: above any block index a
 /// shard reaches (2^26 blocks of a megabyte).
 const SHARD_SHIFT: u32 = 58;
+
+/// Where the tombstone of an Auth0 id without a legacy row is: its shard and its entry.
+#[derive(Debug, Clone, Copy)]
+pub struct MissingRef(u64);
+
+impl MissingRef {
+    fn new(shard: usize, at: EntryRef) -> MissingRef {
+        MissingRef(((shard as u64) << SHARD_SHIFT) | at)
+    }
+}
 
 /// Where a new baseline set is: the sort prefix of its id, its shard and its entry.
 #[derive(Debug, Clone, Copy)]
@@ -821,7 +843,7 @@ mod tests {
             .push(table.set_new_baselines(&user, &pack(Seen::Migrated, &[("name".to_owned(), 1)])));
         let take = |id| table.take(id, &mut TakenUser::default(), true, false);
         assert!(matches!(take("1"), Taken::AlreadySeen));
-        assert!(matches!(take("9"), Taken::Missing));
+        assert!(matches!(take("9"), Taken::Missing(_)));
         assert!(matches!(take("9"), Taken::AlreadySeen));
         assert_eq!(user.legacy().profile.text(Field::Email), Some("a@x.io"));
         assert_eq!(user.baselines().find("email"), Some(5));
@@ -864,7 +886,7 @@ mod tests {
         assert_eq!(user.legacy().profile.text(Field::Email), Some("e@x.io"));
         assert!(matches!(
             table.take("6", &mut user, true, true),
-            Taken::Missing
+            Taken::Missing(_)
         ));
         new_sets.reverse();
         let mut new_sets = table.into_new_baselines(new_sets);
