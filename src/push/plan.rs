@@ -183,6 +183,14 @@ mod tests {
     use crate::profile::fixtures::{object, profile, text};
     use serde_json::json;
 
+    /// A PATCH body from a JSON object literal.
+    fn body(value: Json) -> Map<String, Json> {
+        match value {
+            Json::Object(map) => map,
+            other => panic!("not an object: {other}"),
+        }
+    }
+
     fn policy(import_mode: bool) -> PushPolicy {
         PushPolicy {
             import_mode,
@@ -217,12 +225,9 @@ mod tests {
         let plan_with = |policy: &PushPolicy| plan(&[Field::Email], &legacy, &auth0, &[], policy);
         assert_eq!(
             plan_with(&policy(true)).bodies,
-            [
+            [body(
                 json!({"email": "new@x.io", "email_verified": false, "verify_email": false})
-                    .as_object()
-                    .unwrap()
-                    .clone()
-            ]
+            )]
         );
         assert_eq!(
             plan_with(&policy(true)).keys,
@@ -235,12 +240,9 @@ mod tests {
         };
         assert_eq!(
             plan_with(&keep_and_mail).bodies,
-            [
+            [body(
                 json!({"email": "new@x.io", "email_verified": true, "verify_email": true})
-                    .as_object()
-                    .unwrap()
-                    .clone()
-            ]
+            )]
         );
         // The legacy column wins over both.
         let legacy_verified = profile(&[
@@ -281,10 +283,7 @@ mod tests {
             &[],
             &not_refreshed,
         );
-        assert_eq!(
-            plan.bodies,
-            [json!({"name": "New"}).as_object().unwrap().clone()]
-        );
+        assert_eq!(plan.bodies, [body(json!({"name": "New"}))]);
         assert_eq!(
             plan.refused,
             [Field::Email],
@@ -306,10 +305,7 @@ mod tests {
             &[],
             &policy(false),
         );
-        assert_eq!(
-            plan.bodies,
-            [json!({"blocked": true}).as_object().unwrap().clone()]
-        );
+        assert_eq!(plan.bodies, [body(json!({"blocked": true}))]);
         assert_eq!(plan.refused, [Field::Name]);
     }
 
@@ -329,10 +325,7 @@ mod tests {
         );
         assert_eq!(
             plan.bodies,
-            [json!({"user_metadata": {"lang": "de", "plan": null}})
-                .as_object()
-                .unwrap()
-                .clone()]
+            [body(json!({"user_metadata": {"lang": "de", "plan": null}}))]
         );
     }
 
@@ -358,11 +351,8 @@ mod tests {
         assert_eq!(
             plan.bodies,
             [
-                json!({"email": "pat@x.io", "email_verified": false, "verify_email": false})
-                    .as_object()
-                    .unwrap()
-                    .clone(),
-                json!({"username": "pat"}).as_object().unwrap().clone()
+                body(json!({"email": "pat@x.io", "email_verified": false, "verify_email": false})),
+                body(json!({"username": "pat"}))
             ]
         );
     }
@@ -386,8 +376,8 @@ mod tests {
         assert_eq!(
             plan.bodies,
             [
-                json!({"email_verified": true}).as_object().unwrap().clone(),
-                json!({"username": "pat"}).as_object().unwrap().clone()
+                body(json!({"email_verified": true})),
+                body(json!({"username": "pat"}))
             ]
         );
     }

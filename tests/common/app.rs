@@ -26,6 +26,17 @@ pub struct Run {
 }
 
 impl Run {
+    /// The JSON report of a run that completed (exit 0, or 2 when users need action).
+    pub fn report(&self) -> Value {
+        assert!(
+            self.code == 0 || self.code == 2,
+            "exit {}:\n{}",
+            self.code,
+            self.stderr
+        );
+        self.json()
+    }
+
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.stdout).unwrap_or_else(|error| {
             panic!(
