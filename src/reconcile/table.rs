@@ -605,8 +605,7 @@ impl LegacyTable {
 
     /// Calls `each` with the position in `ids` (legacy ids without a legacy row, sorted) and
     /// the set an earlier run stored for it, for every one that has a set.
-    pub fn stored_sets_of(&self, ids: &[&str], each: impl FnMut(usize, PackedBaselines<'_>)) {
-        let mut each = each;
+    pub fn stored_sets_of(&self, ids: &[&str], mut each: impl FnMut(usize, PackedBaselines<'_>)) {
         self.stored
             .each_of_sorted(ids, |position, set| each(position, PackedBaselines(set)));
     }
