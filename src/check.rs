@@ -7,7 +7,6 @@
 use std::io::Write;
 
 use anyhow::Context;
-use secrecy::ExposeSecret;
 
 use crate::auth0::{Auth0Client, EndpointClass, RetryPolicy, Settings};
 use crate::config::{CacheSource, Config, Environment, MigratedRule, OrphanAction};
@@ -23,9 +22,16 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     writeln!(out, "config     {}: valid", config.path.display())?;
 
-    let url = config.legacy.url.expose_secret();
-    let mut client = legacy::connect(url).await?;
-    writeln!(out, "legacy     connected to {}", describe_url(url))?;
+    let target = &config.legacy.target;
+    let (mut client, verification) = legacy::connect_verbose(target).await?;
+    writeln!(out, "legacy     connected to {target}")?;
+    // What the server says about this session: `prefer` may have found no TLS to use.
+    let session = match legacy::session_tls_version(&client).await? {
+        Some(version) => format!("{version}, {verification}"),
+        None if verification == legacy::Verification::Plain => verification.to_string(),
+        None => "no TLS: the server does not offer it (sslmode prefer)".to_owned(),
+    };
+    writeln!(out, "           {session}")?;
     let columns = legacy::describe(&mut client, &config.legacy.query).await?;
     let fields = match &config.reconcile.fields {
         Some(fields) => {
@@ -190,29 +196,6 @@ fn names(fields: &[Field]) -> String {
         .map(|field| field.name())
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// `user@host:port/db`, never the password.
-fn describe_url(url: &str) -> String {
-    let Ok(config) = url.parse::<tokio_postgres::Config>() else {
-        return "the legacy database".into();
-    };
-    let host = config
-        .get_hosts()
-        .first()
-        .map(|host| match host {
-            tokio_postgres::config::Host::Tcp(name) => name.clone(),
-            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
-        })
-        .unwrap_or_else(|| "localhost".into());
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    format!(
-        "{}@{}:{}/{}",
-        config.get_user().unwrap_or("(default user)"),
-        host,
-        port,
-        config.get_dbname().unwrap_or("(default database)")
-    )
 }
 
 /// Reads the export file up to its first user of the connection.

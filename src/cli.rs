@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::auth0::RetryPolicy;
 use crate::auth0::export_job::ExportOptions;
@@ -93,6 +93,30 @@ enum Command {
     /// Needs no Auth0 account and no configuration file. Needs the PostgreSQL server binaries
     /// (initdb, pg_ctl) unless --legacy-url is given.
     Demo(DemoArgs),
+    /// Print a shell completion script for bash, zsh or fish to standard output.
+    ///
+    /// The Debian package installs them; by hand, e.g.
+    /// `driftsync completions bash > /usr/share/bash-completion/completions/driftsync`,
+    /// `driftsync completions zsh > /usr/share/zsh/vendor-completions/_driftsync`,
+    /// `driftsync completions fish > /usr/share/fish/vendor_completions.d/driftsync.fish`.
+    Completions {
+        #[arg(value_enum)]
+        shell: ShellArg,
+    },
+    /// Write the man pages (driftsync.1 and one driftsync-<command>.1 per command) into DIR;
+    /// what the Debian package installs. Generated from the same definitions as --help.
+    #[command(hide = true)]
+    Manpages {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ShellArg {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Args)]
@@ -207,6 +231,24 @@ pub fn main() -> ExitCode {
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Completions { shell } => {
+            let shell = match shell {
+                ShellArg::Bash => clap_complete::Shell::Bash,
+                ShellArg::Zsh => clap_complete::Shell::Zsh,
+                ShellArg::Fish => clap_complete::Shell::Fish,
+            };
+            let mut out = std::io::stdout().lock();
+            clap_complete::generate(shell, &mut Cli::command(), "driftsync", &mut out);
+            out.flush().context("cannot write the completions")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Manpages { dir } => {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .with_context(|| format!("cannot write the man pages into {}", dir.display()))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Reconcile(args) => {
             let config = Config::load(&cli.config, &ProcessEnv)?;
             reconcile_command(&config, args).await
@@ -328,4 +370,82 @@ fn init_logging(format: LogFormat) {
             .try_init(),
         LogFormat::Json => builder.json().with_ansi(false).try_init(),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every visible subcommand with the long flags it accepts (its own and the global ones).
+    fn commands() -> Vec<(String, Vec<String>)> {
+        let mut cli = Cli::command();
+        cli.build();
+        let flags = |command: &clap::Command| -> Vec<String> {
+            command
+                .get_arguments()
+                .filter(|arg| !arg.is_hide_set())
+                .filter_map(|arg| arg.get_long().map(|long| format!("--{long}")))
+                .collect()
+        };
+        let mut all = vec![(String::new(), flags(&cli))];
+        for sub in cli.get_subcommands().filter(|sub| !sub.is_hide_set()) {
+            if sub.get_name() != "help" {
+                all.push((sub.get_name().to_owned(), flags(sub)));
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn completions_name_every_subcommand_and_flag() {
+        let commands = commands();
+        assert!(commands.len() >= 6, "{commands:?}");
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "driftsync", &mut script);
+            let script = String::from_utf8(script).unwrap();
+            for (name, flags) in &commands {
+                assert!(script.contains(name.as_str()), "{shell}: {name} missing");
+                for flag in flags {
+                    // fish writes `-l push` for --push.
+                    let fish = format!("-l {}", &flag[2..]);
+                    assert!(
+                        script.contains(flag.as_str()) || script.contains(&fish),
+                        "{shell}: {flag} of {name:?} missing"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn man_pages_cover_every_subcommand_and_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        clap_mangen::generate_to(Cli::command(), dir.path()).unwrap();
+        // roff escapes a dash as `\-`.
+        let read = |name: &str| {
+            std::fs::read_to_string(dir.path().join(name))
+                .unwrap_or_else(|error| panic!("{name}: {error}"))
+                .replace("\\-", "-")
+        };
+        let main_page = read("driftsync.1");
+        for (name, flags) in commands() {
+            let page = if name.is_empty() {
+                main_page.clone()
+            } else {
+                assert!(
+                    main_page.contains(&name),
+                    "driftsync.1 does not list {name}"
+                );
+                read(&format!("driftsync-{name}.1"))
+            };
+            for flag in flags {
+                assert!(page.contains(&flag), "the page of {name:?} misses {flag}");
+            }
+        }
+    }
 }

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use secrecy::SecretString;
 use serde::Deserialize;
 
+use crate::legacy::{Target, TargetError, TlsSettings};
 use crate::profile::Field;
 
 pub const ENV_LEGACY_URL: &str = "DRIFTSYNC_LEGACY_URL";
@@ -83,8 +83,10 @@ pub struct Config {
 
 #[derive(Debug)]
 pub struct Legacy {
-    /// Holds the database password: never print it.
-    pub url: SecretString,
+    /// Where and how to connect, resolved with libpq's conventions (`legacy.url`,
+    /// `legacy.sslmode`, `legacy.sslrootcert`, the `PG*` variables). Its `Debug` and `Display`
+    /// leave the password out.
+    pub target: Target,
     pub query: String,
 }
 
@@ -161,6 +163,8 @@ struct RawConfig {
 struct RawLegacy {
     url: Option<String>,
     query: String,
+    sslmode: Option<String>,
+    sslrootcert: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -265,11 +269,18 @@ impl Config {
             )
         })?;
         // The URL carries the password, so the error describes the problem without echoing it.
-        tokio_postgres::Config::from_str(&url).map_err(|error| {
-            invalid(
-                "legacy.url",
-                format!("not a valid PostgreSQL connection string ({error})"),
-            )
+        let tls_keys = TlsSettings {
+            sslmode: raw.legacy.sslmode.clone(),
+            sslrootcert: raw.legacy.sslrootcert.clone(),
+        };
+        let target = Target::resolve(&url, &tls_keys, &|name| env.var(name)).map_err(|error| {
+            let key = match &error {
+                TargetError::SslMode { origin, .. } if origin.contains("config key") => {
+                    "legacy.sslmode"
+                }
+                _ => "legacy.url",
+            };
+            invalid(key, error.to_string())
         })?;
         if raw.legacy.query.trim().is_empty() {
             return Err(invalid("legacy.query", "is empty".into()));
@@ -407,7 +418,7 @@ impl Config {
         Ok(Config {
             path: path.to_owned(),
             legacy: Legacy {
-                url: SecretString::from(url),
+                target,
                 query: raw.legacy.query,
             },
             auth0: Auth0 {
@@ -516,7 +527,6 @@ fn check_cron(expression: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use secrecy::ExposeSecret;
     use std::collections::HashMap;
 
     struct FakeEnv(HashMap<&'static str, &'static str>);
@@ -587,7 +597,8 @@ mod tests {
     fn env_overrides_the_legacy_url() {
         let env = FakeEnv(HashMap::from([(ENV_LEGACY_URL, "postgres://other@db/x")]));
         let config = Config::parse(Path::new("t.toml"), MINIMAL, &env).unwrap();
-        assert_eq!(config.legacy.url.expose_secret(), "postgres://other@db/x");
+        assert_eq!(config.legacy.target.endpoints(), "db:5432");
+        assert!(config.legacy.target.to_string().contains("user other"));
     }
 
     #[test]

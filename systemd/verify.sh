@@ -5,8 +5,8 @@
 #   2. `systemd-analyze security --offline=true` rates each service's exposure; above 2.0 fails;
 #   3. the timer's OnCalendar= must parse (`systemd-analyze calendar`).
 #
-# How: `verify` checks that every Exec*= command exists, and /usr/local/bin/driftsync is not
-# installed on a build machine. Rather than editing a copy of the units, the script builds a
+# How: `verify` checks that every Exec*= command exists, and /usr/bin/driftsync is not
+# installed on a build machine (the Debian package installs it). Rather than editing a copy of the units, the script builds a
 # throw-away root: the units byte for byte in <root>/etc/systemd/system, the distribution's
 # units (targets the units depend on) in <root>/usr/lib/systemd/system, a copy of each
 # referenced command that exists on this machine (/bin/kill, ...) and, for the driftsync binary
@@ -27,7 +27,7 @@ units=(driftsync.service driftsync-reconcile.service driftsync-reconcile.timer)
 services=(driftsync.service driftsync-reconcile.service)
 max_exposure=2.0
 # The one command that may be missing here: the binary these units run.
-driftsync_bin=/usr/local/bin/driftsync
+driftsync_bin=/usr/bin/driftsync
 
 die() {
     echo "verify.sh: $*" >&2

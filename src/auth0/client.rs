@@ -483,7 +483,7 @@ impl Auth0Client {
         } else {
             // reqwest's own text ("error sending request") and hyper's ("client error
             // (Connect)") hide the cause deeper in the chain: say every link of it.
-            error_chain(&error.without_url())
+            crate::error_text::chain(&error.without_url())
         }
     }
 
@@ -494,51 +494,9 @@ impl Auth0Client {
     }
 }
 
-/// An error and its sources, "outer: inner: innermost", skipping a link whose text its
-/// outer one already ends with.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut next = error.source();
-    while let Some(current) = next {
-        let part = current.to_string();
-        if !text.ends_with(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        next = current.source();
-    }
-    text
-}
-
-/// The certificate error behind a failed exchange, if that is what it was. Retrying cannot
-/// fix a certificate, and six attempts of a TLS failure would hide the one thing the operator
-/// must read. rustls's error travels inside `io::Error`s, whose `source()` skips it, so each
-/// `io::Error` in the chain is opened as well.
+/// The certificate error behind a failed exchange (see [`crate::tls::certificate_problem`]).
 fn certificate_problem(error: &reqwest::Error) -> Option<String> {
-    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(link) = next {
-        // Connectors wrap the handshake's error in an io::Error, sometimes twice.
-        let mut candidate = link;
-        loop {
-            if let Some(
-                tls @ (rustls::Error::InvalidCertificate(_)
-                | rustls::Error::NoCertificatesPresented
-                | rustls::Error::UnsupportedNameType),
-            ) = candidate.downcast_ref::<rustls::Error>()
-            {
-                return Some(tls.to_string());
-            }
-            match candidate
-                .downcast_ref::<std::io::Error>()
-                .and_then(std::io::Error::get_ref)
-            {
-                Some(inner) => candidate = inner,
-                None => break,
-            }
-        }
-        next = link.source();
-    }
-    None
+    crate::tls::certificate_problem(error).map(|problem| problem.to_string())
 }
 
 /// Why a download attempt failed.

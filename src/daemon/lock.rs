@@ -3,8 +3,6 @@
 //! releases it, so a crashed replica never leaves it held. Taking an advisory lock writes no
 //! data: it is allowed on a read-only role and a hot standby, and the database stays unchanged.
 
-use secrecy::ExposeSecret;
-
 use crate::config::Config;
 use crate::legacy::{self, LegacyError};
 
@@ -22,7 +20,7 @@ fn key(config: &Config) -> i64 {
 
 /// Takes the lock if no other replica holds it.
 pub async fn try_acquire(config: &Config) -> Result<Option<RunLock>, LegacyError> {
-    let client = legacy::connect(config.legacy.url.expose_secret()).await?;
+    let client = legacy::connect(&config.legacy.target).await?;
     let row = client
         .query_one("SELECT pg_try_advisory_lock($1)", &[&key(config)])
         .await

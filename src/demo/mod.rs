@@ -52,7 +52,9 @@ pub async fn run(options: &DemoOptions, out: &mut dyn Write) -> anyhow::Result<(
     let outcome = demo_with_database(&set, &url, out).await;
     if options.legacy_url.is_some() {
         // Leave the user's database as it was, even after a failure.
-        if let Ok(client) = crate::legacy::connect(&url).await {
+        if let Ok(target) = crate::legacy::Target::without_environment(&url)
+            && let Ok(client) = crate::legacy::connect(&target).await
+        {
             let _ = client
                 .batch_execute(&format!("DROP TABLE IF EXISTS {TABLE}"))
                 .await;
@@ -65,7 +67,8 @@ pub async fn run(options: &DemoOptions, out: &mut dyn Write) -> anyhow::Result<(
 }
 
 async fn demo_with_database(set: &DataSet, url: &str, out: &mut dyn Write) -> anyhow::Result<()> {
-    let client = crate::legacy::connect(url).await?;
+    let target = crate::legacy::Target::without_environment(url)?;
+    let client = crate::legacy::connect(&target).await?;
     client
         .batch_execute(&format!("DROP TABLE IF EXISTS {TABLE}"))
         .await

@@ -8,7 +8,6 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
-use secrecy::ExposeSecret;
 
 use super::connection::ConnectionFacts;
 use super::join::{JoinContext, Joined};
@@ -59,7 +58,7 @@ pub(super) async fn run(
     let connection = client.connection_by_name(&config.auth0.connection).await?;
     let facts = ConnectionFacts::read(config, &connection);
 
-    let mut db = legacy::connect(config.legacy.url.expose_secret()).await?;
+    let mut db = legacy::connect(&config.legacy.target).await?;
     let columns = legacy::describe(&mut db, &config.legacy.query).await?;
     if !columns.has_updated_at() {
         return Err(ReconcileError::ChangesNeedUpdatedAt);

@@ -15,7 +15,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth0::export_job::{self, ExportOptions};
@@ -288,7 +287,7 @@ async fn run_recorded(
     let ticker = (options.progress && std::io::stderr().is_terminal())
         .then(|| Counters::spawn_ticker(counters.clone()));
 
-    let mut db = legacy::connect(config.legacy.url.expose_secret()).await?;
+    let mut db = legacy::connect(&config.legacy.target).await?;
     let columns = legacy::describe(&mut db, &config.legacy.query).await?;
     let fields = match &config.reconcile.fields {
         Some(fields) => fields.clone(),

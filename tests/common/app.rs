@@ -49,8 +49,13 @@ impl Run {
 
 impl App {
     pub async fn new() -> App {
+        App::with_db(fresh_database().await)
+    }
+
+    /// An app on a database made elsewhere (e.g. on the TLS cluster).
+    pub fn with_db(db: TestDb) -> App {
         App {
-            db: fresh_database().await,
+            db,
             dir: tempfile::tempdir().expect("temporary directory"),
         }
     }
@@ -129,7 +134,16 @@ impl App {
             .args(args)
             .env_remove("DRIFTSYNC_LEGACY_URL")
             .env_remove("DRIFTSYNC_CONFIG")
-            .env_remove("DRIFTSYNC_LOG");
+            .env_remove("DRIFTSYNC_LOG")
+            // HOME is the test directory: no ~/.pgpass or ~/.postgresql/root.crt of this
+            // machine's user reaches a test, and a test can place its own there.
+            .env("HOME", self.dir.path());
+        // libpq's variables fill in what a connection string leaves out: none from outside.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("PG") {
+                command.env_remove(name);
+            }
+        }
         for (key, value) in env {
             command.env(key, value);
         }

@@ -1,5 +1,7 @@
 //! PostgreSQL for the integration tests: each call to [`fresh_database`] returns a new, empty
-//! database, so tests never see each other's tables.
+//! database, so tests never see each other's tables. [`fresh_tls_database`] does the same on a
+//! second cluster with `ssl = on`, a test CA made at its start and a `pg_hba.conf` that demands
+//! TLS or a password of two roles (the TLS tests always use it, `DATABASE_URL` or not).
 //!
 //! Where the databases live:
 //! - If `DATABASE_URL` is set, it is an admin URL for an existing server: the databases are
@@ -85,6 +87,45 @@ pub fn with_database(url: &str, name: &str) -> String {
 
 /// Admin URL of the shared cluster, once this process has made sure it runs.
 static SHARED_CLUSTER: OnceCell<String> = OnceCell::const_new();
+/// The same for the TLS cluster.
+static TLS_CLUSTER: OnceCell<(String, TlsCluster)> = OnceCell::const_new();
+
+/// The TLS cluster's name in the target directory, and the file names in its `tls/` folder.
+const TLS_CLUSTER_NAME: &str = "driftsync-test-pg-tls";
+/// A role that may connect over TCP only with TLS (`hostnossl … reject`).
+pub const TLS_ONLY_ROLE: &str = "tls_only";
+/// A role that must give a password (SCRAM); its password is [`PASSWORD_ROLE_SECRET`].
+pub const PASSWORD_ROLE: &str = "pw_user";
+pub const PASSWORD_ROLE_SECRET: &str = "pw-Secret-4711";
+
+/// A second cluster with `ssl = on`, a test CA made when it starts, and a `pg_hba.conf` with
+/// a TLS-only role and a password role. Like the shared cluster it outlives the test process
+/// and `scripts/test` stops it.
+#[derive(Clone)]
+pub struct TlsCluster {
+    pub port: u16,
+    /// The CA that signed the server's certificate (for the DNS name `localhost` only).
+    pub ca: PathBuf,
+    /// A CA that signed nothing the server has.
+    pub other_ca: PathBuf,
+    /// The Unix-socket directory, when its path is short enough for a socket.
+    pub socket_dir: Option<PathBuf>,
+}
+
+/// A new database on the TLS cluster, owned by the admin (`TestDb::url` connects as the
+/// admin over TCP without TLS, which its `pg_hba.conf` allows).
+pub async fn fresh_tls_database() -> (TestDb, TlsCluster) {
+    let (admin_url, cluster) = TLS_CLUSTER.get_or_init(start_tls_cluster).await.clone();
+    let name = unique_name();
+    create_database(&connect(&admin_url).await, &name).await;
+    (
+        TestDb {
+            url: with_database(&admin_url, &name),
+            name,
+        },
+        cluster,
+    )
+}
 
 fn unique_name() -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -129,7 +170,27 @@ async fn create_database(admin: &Client, name: &str) {
 /// Makes sure the shared cluster runs and returns its admin URL. Panics with what to do if it
 /// cannot: tests needing a database must never be skipped silently.
 async fn start_shared_cluster() -> String {
-    let cluster = Cluster::locate();
+    start_cluster(Cluster::locate("driftsync-test-pg", false)).await
+}
+
+async fn start_tls_cluster() -> (String, TlsCluster) {
+    let cluster = Cluster::locate(TLS_CLUSTER_NAME, true);
+    let url = start_cluster(cluster).await;
+    let cluster = Cluster::locate(TLS_CLUSTER_NAME, true);
+    let port = cluster.stored_port().expect("the TLS cluster's port file");
+    let sock = cluster.socket_dir();
+    (
+        url,
+        TlsCluster {
+            port,
+            ca: cluster.tls_dir().join("ca.pem"),
+            other_ca: cluster.tls_dir().join("other-ca.pem"),
+            socket_dir: sock,
+        },
+    )
+}
+
+async fn start_cluster(cluster: Cluster) -> String {
     fs::create_dir_all(&cluster.dir)
         .unwrap_or_else(|e| panic!("cannot create {}: {e}", cluster.dir.display()));
     let lock_path = cluster.dir.join("lock");
@@ -152,9 +213,29 @@ async fn start_shared_cluster() -> String {
     }
     let port = cluster.start();
     let url = admin_url(port);
-    drop_leftover_databases(&connect(&url).await).await;
+    let admin = connect(&url).await;
+    drop_leftover_databases(&admin).await;
+    if cluster.tls {
+        create_tls_roles(&admin).await;
+    }
     drop(lock);
     url
+}
+
+async fn create_tls_roles(admin: &Client) {
+    for (role, password) in [
+        (TLS_ONLY_ROLE, None),
+        (PASSWORD_ROLE, Some(PASSWORD_ROLE_SECRET)),
+    ] {
+        let password = password.map_or(String::new(), |p| format!(" PASSWORD '{p}'"));
+        admin
+            .batch_execute(&format!(
+                "DO $$ BEGIN CREATE ROLE {role} LOGIN{password}; \
+                 EXCEPTION WHEN duplicate_object THEN ALTER ROLE {role} LOGIN{password}; END $$"
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("cannot create role {role}: {}", describe(&e)));
+    }
 }
 
 fn admin_url(port: u16) -> String {
@@ -184,10 +265,12 @@ struct Cluster {
     dir: PathBuf,
     bin: PathBuf,
     as_root: bool,
+    /// `ssl = on` with certificates made at each start, and the TLS cluster's `pg_hba.conf`.
+    tls: bool,
 }
 
 impl Cluster {
-    fn locate() -> Cluster {
+    fn locate(name: &str, tls: bool) -> Cluster {
         let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
         // A relative CARGO_TARGET_DIR is relative to the workspace root, as for cargo.
         let target = std::env::var_os("CARGO_TARGET_DIR")
@@ -201,10 +284,75 @@ impl Cluster {
             )
         });
         Cluster {
-            dir: target.join("driftsync-test-pg"),
+            dir: target.join(name),
             bin,
             as_root: running_as_root(),
+            tls,
         }
+    }
+
+    fn tls_dir(&self) -> PathBuf {
+        self.dir.join("tls")
+    }
+
+    /// The socket directory, unless its path is too long for a Unix socket (107 bytes).
+    fn socket_dir(&self) -> Option<PathBuf> {
+        let sock = self.dir.join("sock");
+        (sock.as_os_str().len() + 16 < 108).then_some(sock)
+    }
+
+    /// A test CA, a server certificate it signed for `localhost`, a CA that signed nothing,
+    /// and the `pg_hba.conf`: made anew at every start, owned by the server's user.
+    fn write_tls_files(&self) -> String {
+        let dir = self.tls_dir();
+        fs::create_dir_all(&dir).expect("cannot create the TLS directory");
+        let ca_key = rcgen::KeyPair::generate().expect("CA key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "driftsync test CA");
+        ca_params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("CA certificate");
+        let server_key = rcgen::KeyPair::generate().expect("server key");
+        let mut server_params =
+            rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("server params");
+        server_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "localhost");
+        let server = server_params
+            .signed_by(&server_key, &ca)
+            .expect("server certificate");
+        let other =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("another CA");
+        fs::write(dir.join("ca.pem"), ca.pem()).expect("write ca.pem");
+        fs::write(dir.join("other-ca.pem"), other.cert.pem()).expect("write other-ca.pem");
+        fs::write(dir.join("server.crt"), server.pem()).expect("write server.crt");
+        fs::write(dir.join("server.key"), server_key.serialize_pem()).expect("write server.key");
+        fs::set_permissions(dir.join("server.key"), fs::Permissions::from_mode(0o600))
+            .expect("chmod server.key");
+        // First match wins: the TLS-only role must use TLS over TCP, the password role gives
+        // its password, everyone else (the admin) is trusted on loopback and the socket.
+        let hba = format!(
+            "local all all trust\n\
+             hostssl all {TLS_ONLY_ROLE} 127.0.0.1/32 trust\n\
+             hostnossl all {TLS_ONLY_ROLE} 127.0.0.1/32 reject\n\
+             host all {PASSWORD_ROLE} 127.0.0.1/32 scram-sha-256\n\
+             host all all 127.0.0.1/32 trust\n"
+        );
+        fs::write(dir.join("pg_hba.conf"), hba).expect("write pg_hba.conf");
+        if self.as_root {
+            self.give_to_postgres();
+        }
+        format!(
+            " -c ssl=on -c ssl_cert_file='{dir}/server.crt' -c ssl_key_file='{dir}/server.key' \
+             -c hba_file='{dir}/pg_hba.conf'",
+            dir = dir.display()
+        )
     }
 
     fn data(&self) -> PathBuf {
@@ -315,11 +463,14 @@ impl Cluster {
         fs::write(self.dir.join("port"), port.to_string()).expect("cannot write the port file");
 
         // Unix socket paths are limited to 107 bytes; with a deeper target dir use TCP only.
-        let sock = self.dir.join("sock");
-        let sock = if sock.as_os_str().len() + 16 < 108 {
-            format!("'{}'", sock.display())
+        let sock = match self.socket_dir() {
+            Some(sock) => format!("'{}'", sock.display()),
+            None => "''".to_string(),
+        };
+        let tls = if self.tls {
+            self.write_tls_files()
         } else {
-            "''".to_string()
+            String::new()
         };
         let log = self.dir.join("log");
         let mut pg_ctl = self.tool("pg_ctl");
@@ -331,7 +482,7 @@ impl Cluster {
             .arg("-o")
             .arg(format!(
                 "-p {port} -c unix_socket_directories={sock} -c listen_addresses=127.0.0.1 \
-                 -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+                 -c fsync=off -c synchronous_commit=off -c full_page_writes=off{tls}"
             ));
         let out = output(pg_ctl);
         if !out.status.success() {

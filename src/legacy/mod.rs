@@ -1,4 +1,5 @@
-//! The legacy side: runs the mapping query in a `READ ONLY` transaction and streams its rows.
+//! The legacy side: connects the way libpq would (see [`target`], [`tls`]), runs the mapping
+//! query in a `READ ONLY` transaction and streams its rows.
 //!
 //! Rows are fetched through a portal in fixed-size batches, so memory holds one batch no matter
 //! how large the result is; each row is handed to the caller as a borrowed [`LegacyRow`] and
@@ -6,12 +7,20 @@
 //! before the first row: the column names are the profile attributes the legacy side manages.
 
 use std::error::Error as StdError;
+use std::path::PathBuf;
 
 use futures_util::{TryStreamExt, pin_mut};
 use tokio_postgres::types::{FromSql, Type};
 use tokio_postgres::{Client, NoTls, Row};
 
 use crate::profile::{Field, Kind, LegacyRecordBuilder};
+
+mod pgpass;
+pub mod target;
+pub mod tls;
+
+pub use target::{SslMode, Target, TargetError, TlsSettings};
+pub use tls::Verification;
 
 /// Rows fetched per round trip.
 const BATCH_ROWS: i32 = 50_000;
@@ -25,8 +34,17 @@ const ID_COLUMN: &str = "user_id";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LegacyError {
-    #[error("cannot connect to the legacy database")]
-    Connect(#[source] tokio_postgres::Error),
+    /// `detail` is the whole cause, with what to do when it is known; never a password.
+    #[error("cannot connect to the legacy database at {endpoint} ({verification}): {detail}")]
+    Connect {
+        endpoint: String,
+        verification: Verification,
+        detail: String,
+    },
+    #[error("legacy database TLS: {0}")]
+    Tls(String),
+    #[error("legacy database sslrootcert {path}: {reason}")]
+    RootCert { path: PathBuf, reason: String },
     #[error("legacy query failed")]
     Query(#[source] tokio_postgres::Error),
     #[error(
@@ -186,18 +204,126 @@ fn expect_type(column: &str, ty: &Type, kind: Kind) -> Result<(), LegacyError> {
 }
 
 /// Connects to the legacy database. The connection task ends when the client is dropped.
-pub async fn connect(url: &str) -> Result<Client, LegacyError> {
-    let mut config: tokio_postgres::Config = url.parse().map_err(LegacyError::Connect)?;
-    if config.get_application_name().is_none() {
-        config.application_name("driftsync");
+pub async fn connect(target: &Target) -> Result<Client, LegacyError> {
+    connect_verbose(target).await.map(|(client, _)| client)
+}
+
+/// [`connect`], also saying how the server's certificate was checked.
+pub async fn connect_verbose(target: &Target) -> Result<(Client, Verification), LegacyError> {
+    let mut config = target.config.clone();
+    if target.uses_socket_only() {
+        // PostgreSQL has no TLS on Unix sockets, and libpq ignores sslmode there.
+        config.ssl_mode(tokio_postgres::config::SslMode::Disable);
     }
-    let (client, connection) = config.connect(NoTls).await.map_err(LegacyError::Connect)?;
+    let mut password_from = None;
+    if config.get_password().is_none()
+        && let Some(path) = &target.passfile
+    {
+        match pgpass::lookup(path, &config) {
+            pgpass::Lookup::Found(password) => {
+                config.password(password);
+                password_from = Some(path.clone());
+            }
+            pgpass::Lookup::Ignored(reason) => {
+                tracing::warn!("not using the password file: {reason}");
+            }
+            pgpass::Lookup::NoMatch | pgpass::Lookup::Missing => {}
+        }
+    }
+    let (tls, verification) = tls::client_config(target)?;
+    let connected = match tls {
+        None => config.connect(NoTls).await.map(|(client, connection)| {
+            spawn_connection(connection);
+            client
+        }),
+        Some(tls) => config
+            .connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
+            .await
+            .map(|(client, connection)| {
+                spawn_connection(connection);
+                client
+            }),
+    };
+    match connected {
+        Ok(client) => Ok((client, verification)),
+        Err(error) => Err(LegacyError::Connect {
+            endpoint: target.endpoints(),
+            detail: connect_failure(&error, target, password_from.as_deref()),
+            verification,
+        }),
+    }
+}
+
+fn spawn_connection<F>(connection: F)
+where
+    F: std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
+{
     tokio::spawn(async move {
         if let Err(error) = connection.await {
             tracing::warn!(%error, "legacy database connection closed with an error");
         }
     });
-    Ok(client)
+}
+
+/// The cause of a failed connection in words, with what to do for the common TLS cases.
+fn connect_failure(
+    error: &tokio_postgres::Error,
+    target: &Target,
+    password_from: Option<&std::path::Path>,
+) -> String {
+    if let Some(problem) = crate::tls::certificate_problem(error) {
+        use rustls::CertificateError as Cert;
+        let hint = match &problem {
+            rustls::Error::InvalidCertificate(
+                Cert::NotValidForName | Cert::NotValidForNameContext { .. },
+            ) => {
+                "connect with a host name the certificate names, or use sslmode=verify-ca to \
+                 check the chain only"
+            }
+            rustls::Error::InvalidCertificate(Cert::UnknownIssuer) => {
+                "set sslrootcert to the CA that signed the server's certificate"
+            }
+            rustls::Error::InvalidCertificate(
+                Cert::Expired | Cert::ExpiredContext { .. } | Cert::NotValidYet,
+            ) => "renew the server's certificate (or check this machine's clock)",
+            _ => "check the server's certificate and sslrootcert",
+        };
+        return format!("the server's TLS certificate is refused: {problem}; {hint}");
+    }
+    let mut text = crate::error_text::chain(error);
+    if let Some(db) = error.as_db_error() {
+        let no_encryption = db.message().contains("no encryption");
+        if no_encryption && target.ssl_mode() == SslMode::Disable {
+            text.push_str(
+                "; the server accepts this connection only over TLS: remove sslmode=disable \
+                 (or set sslmode=verify-full)",
+            );
+        }
+        if *db.code() == tokio_postgres::error::SqlState::INVALID_PASSWORD
+            && let Some(path) = password_from
+        {
+            text.push_str(&format!(" (the password came from {})", path.display()));
+        }
+    } else if text.contains("server does not support TLS") {
+        text.push_str(&format!(
+            "; sslmode {} needs TLS, which the server has off (ssl = off in postgresql.conf)",
+            target.ssl_mode().name()
+        ));
+    }
+    text
+}
+
+/// The TLS protocol version of this session as the server reports it (`pg_stat_ssl`), `None`
+/// when the session is not encrypted.
+pub async fn session_tls_version(client: &Client) -> Result<Option<String>, LegacyError> {
+    let row = client
+        .query_opt(
+            "SELECT version FROM pg_stat_ssl WHERE pid = pg_backend_pid() AND ssl",
+            &[],
+        )
+        .await
+        .map_err(LegacyError::Query)?;
+    Ok(row.and_then(|row| row.get::<_, Option<String>>(0)))
 }
 
 /// Every legacy transaction is READ ONLY: the database refuses any write a query might attempt.
