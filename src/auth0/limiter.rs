@@ -285,7 +285,7 @@ impl Bucket {
             self.probe = false;
             self.next_token_at = Some(now + until_unix(info.reset));
             if throttled.is_none() {
-                self.measure(remaining, limit, now);
+                self.measure(remaining, limit, sent, now);
                 if let Some(sent) = sent {
                     self.bound(remaining, sent, now);
                 }
@@ -340,7 +340,12 @@ impl Bucket {
         });
     }
 
-    fn measure(&mut self, remaining: f64, limit: f64, now: Instant) {
+    /// The measured rate: from the oldest answer of the window to this one. The server read
+    /// the oldest count at some moment after its request was sent, and this one before now, so
+    /// the window starts at that sending: an answer the client took late (a busy machine) must
+    /// not shorten the window and inflate the rate. Requests in flight at the oldest answer may
+    /// have been counted before it and are not counted as consumed in between.
+    fn measure(&mut self, remaining: f64, limit: f64, sent: Option<Sent>, now: Instant) {
         if remaining >= limit - 1.0 {
             // A full bucket stops refilling: samples across it would understate the rate.
             self.samples.clear();
@@ -350,8 +355,8 @@ impl Bucket {
             at: now,
             remaining,
             answered: self.answered,
-            open: 0,
-            sent: now,
+            open: self.open_tickets.len() as u64,
+            sent: sent.map_or(now, |sent| sent.at),
         });
         while self
             .samples
@@ -363,11 +368,11 @@ impl Bucket {
         let Some(oldest) = self.samples.front() else {
             return;
         };
-        let window = now.duration_since(oldest.at);
-        if window < MIN_WINDOW {
+        if now.duration_since(oldest.at) < MIN_WINDOW {
             return;
         }
-        let consumed = (self.answered - oldest.answered) as f64;
+        let window = now.duration_since(oldest.sent);
+        let consumed = (self.answered - oldest.answered).saturating_sub(oldest.open) as f64;
         let rate = (remaining - oldest.remaining + consumed) / window.as_secs_f64();
         if rate > 0.0 {
             // `remaining` is rounded down on each answer; a small margin keeps that error from
@@ -627,6 +632,46 @@ mod tests {
         }
         let rate = bucket.refill.expect("measured");
         assert!((8.7..=10.3).contains(&rate), "{rate}");
+    }
+
+    #[test]
+    fn an_answer_taken_late_does_not_inflate_the_measured_rate() {
+        // The server refills 10 tokens/s and a request goes out every 100 ms, so its count
+        // stays at 20. The client is busy at first: the answers to the first four requests are
+        // taken only at 401-404 ms, the others 1 ms after sending. Timing the window from the
+        // first answer's arrival would find 39 requests in 3.5 s, more than the server gives.
+        let mut bucket = Bucket::default();
+        let start = Instant::now();
+        let ms = |n: u64| start + Duration::from_millis(n);
+        let mut events: Vec<(Instant, bool, u64)> = Vec::new();
+        for k in 0..40u64 {
+            events.push((ms(100 * k), true, k));
+            let answered = if k < 4 { 401 + k } else { 100 * k + 1 };
+            events.push((ms(answered), false, k));
+        }
+        events.sort_by_key(|(at, is_send, _)| (*at, !*is_send));
+        let mut tickets = HashMap::new();
+        for (at, is_send, k) in events {
+            if is_send {
+                tickets.insert(k, bucket.issue(at));
+            } else {
+                let info = Some(RateInfo {
+                    limit: 50,
+                    remaining: 20,
+                    reset: unix_now() + 1,
+                });
+                bucket.observe(tickets[&k], info, None, at);
+            }
+        }
+        let rate = bucket.refill.expect("measured");
+        assert!(
+            rate <= 10.0,
+            "measured {rate}/s where the server gives 10/s"
+        );
+        assert!(
+            rate >= 8.0,
+            "measured {rate}/s: far below the server's 10/s"
+        );
     }
 
     #[test]
