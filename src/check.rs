@@ -21,6 +21,9 @@ pub async fn run(
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     writeln!(out, "config     {}: valid", config.path.display())?;
+    for warning in config.permission_warnings() {
+        writeln!(out, "warning    {warning}")?;
+    }
 
     let target = &config.legacy.target;
     let (mut client, verification) = legacy::connect_verbose(target).await?;

@@ -11,6 +11,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use crate::auth0::RetryPolicy;
 use crate::auth0::export_job::ExportOptions;
 use crate::config::{Config, ProcessEnv};
+use crate::private_file::PRIVATE;
 use crate::reconcile::{self, RunOptions};
 use crate::report::{self, Format};
 use crate::{check, daemon, demo};
@@ -251,6 +252,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Reconcile(args) => {
             let config = Config::load(&cli.config, &ProcessEnv)?;
+            for warning in config.permission_warnings() {
+                tracing::warn!("{warning}");
+            }
             reconcile_command(&config, args).await
         }
         Command::Daemon => {
@@ -306,8 +310,10 @@ async fn reconcile_command(config: &Config, args: ReconcileArgs) -> anyhow::Resu
         (Some(path), Some(prepared)) => prepared
             .commit()
             .with_context(|| format!("cannot write the report to {}", path.display()))?,
-        (Some(path), None) => report::write_atomically(path, |out| report.render(format, out))
-            .with_context(|| format!("cannot write the report to {}", path.display()))?,
+        (Some(path), None) => {
+            report::write_atomically(path, PRIVATE, |out| report.render(format, out))
+                .with_context(|| format!("cannot write the report to {}", path.display()))?
+        }
         (None, _) => {
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());

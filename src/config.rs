@@ -72,6 +72,8 @@ pub enum PushedEmailVerified {
 #[derive(Debug)]
 pub struct Config {
     pub path: PathBuf,
+    /// `legacy.url` in the file carries a password (see [`Config::permission_warnings`]).
+    pub legacy_password_in_file: bool,
     pub legacy: Legacy,
     pub auth0: Auth0,
     pub cache: Cache,
@@ -138,6 +140,11 @@ pub struct Metrics {
 #[derive(Debug)]
 pub struct State {
     pub path: PathBuf,
+    /// Journal entries that ended are deleted after this many days
+    /// (`state.journal_retention_days`, default 30).
+    pub journal_retention_days: u32,
+    /// Runs are forgotten after this many days (`state.run_history_days`, default 400).
+    pub run_history_days: u32,
 }
 
 // The file as written; `deny_unknown_fields` everywhere so that a misspelt key is an error.
@@ -216,6 +223,8 @@ struct RawMetrics {
 #[serde(deny_unknown_fields)]
 struct RawState {
     path: Option<PathBuf>,
+    journal_retention_days: Option<i64>,
+    run_history_days: Option<i64>,
 }
 
 /// Where the environment overrides come from; a parameter so tests need not touch the process
@@ -243,6 +252,37 @@ impl Environment for ProcessEnv {
 }
 
 impl Config {
+    /// Files with secrets or personal data that group or others can read, each with its fix:
+    /// the config file when it holds the legacy password, `auth0.client_secret_file`, and an
+    /// existing state file.
+    pub fn permission_warnings(&self) -> Vec<String> {
+        use crate::private_file::open_to_others;
+        let mut warnings = Vec::new();
+        if self.legacy_password_in_file
+            && let Some(mode) = open_to_others(&self.path)
+        {
+            let path = self.path.display();
+            warnings.push(format!(
+                "config file {path} holds the legacy database password (legacy.url) and is \
+                 readable by group or others (mode {mode:04o}): chmod 600 {path}, or move the \
+                 password to {ENV_LEGACY_URL} or a password file (PGPASSFILE)"
+            ));
+        }
+        if let Some(secret) = &self.auth0.client_secret_file
+            && let Some(mode) = open_to_others(secret)
+        {
+            let path = secret.display();
+            warnings.push(format!(
+                "auth0.client_secret_file {path} is readable by group or others (mode \
+                 {mode:04o}): chmod 600 {path}"
+            ));
+        }
+        if let Some(mode) = open_to_others(&self.state.path) {
+            warnings.push(crate::state::open_state_warning(&self.state.path, mode));
+        }
+        warnings
+    }
+
     pub fn load(path: &Path, env: &dyn Environment) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
@@ -262,12 +302,15 @@ impl Config {
             message,
         };
 
-        let url = env.var(ENV_LEGACY_URL).or(raw.legacy.url).ok_or_else(|| {
-            invalid(
-                "legacy.url",
-                format!("not set: set it here or in the environment variable {ENV_LEGACY_URL}"),
-            )
-        })?;
+        let url = env
+            .var(ENV_LEGACY_URL)
+            .or(raw.legacy.url.clone())
+            .ok_or_else(|| {
+                invalid(
+                    "legacy.url",
+                    format!("not set: set it here or in the environment variable {ENV_LEGACY_URL}"),
+                )
+            })?;
         // The URL carries the password, so the error describes the problem without echoing it.
         let tls_keys = TlsSettings {
             sslmode: raw.legacy.sslmode.clone(),
@@ -415,8 +458,31 @@ impl Config {
             )
         })?;
 
+        let days = |key: &'static str, value: Option<i64>, default: u32| match value {
+            None => Ok(default),
+            Some(days) if (1..=36_500).contains(&days) => Ok(days as u32),
+            Some(days) => Err(invalid(
+                key,
+                format!("{days} is not a number of days from 1 to 36500"),
+            )),
+        };
+        let journal_retention_days = days(
+            "state.journal_retention_days",
+            raw.state.journal_retention_days,
+            30,
+        )?;
+        let run_history_days = days("state.run_history_days", raw.state.run_history_days, 400)?;
+        // Whether the file itself holds a password (whatever the environment overrides).
+        let legacy_password_in_file = raw
+            .legacy
+            .url
+            .as_deref()
+            .and_then(|url| Target::without_environment(url).ok())
+            .is_some_and(|target| target.has_password());
+
         Ok(Config {
             path: path.to_owned(),
+            legacy_password_in_file,
             legacy: Legacy {
                 target,
                 query: raw.legacy.query,
@@ -451,6 +517,8 @@ impl Config {
                     .state
                     .path
                     .unwrap_or_else(|| PathBuf::from("driftsync-state.db")),
+                journal_retention_days,
+                run_history_days,
             },
         })
     }
@@ -631,6 +699,11 @@ mod tests {
             assert!(message.contains(key), "{to}: {message}");
         }
         let extra = [
+            (
+                "[state]\njournal_retention_days = 0",
+                "state.journal_retention_days",
+            ),
+            ("[state]\nrun_history_days = -5", "state.run_history_days"),
             ("[reconcile]\nfields = [\"emial\"]", "reconcile.fields"),
             ("[reconcile]\nfields = []", "reconcile.fields"),
             (

@@ -34,6 +34,7 @@ mod error_text;
 pub mod export;
 pub mod legacy;
 pub mod metrics;
+pub mod private_file;
 pub mod profile;
 pub mod push;
 pub mod reconcile;

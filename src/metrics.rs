@@ -172,10 +172,12 @@ fn field_drift(report: &Report) -> BTreeMap<Field, u64> {
 /// Writes the current metrics in Prometheus text format, atomically (textfile collector).
 pub fn write_file(handle: &PrometheusHandle, path: &Path) -> Result<(), MetricsError> {
     let text = handle.render();
-    crate::report::write_atomically(path, |out| out.write_all(text.as_bytes())).map_err(|source| {
-        MetricsError::Write {
+    // No personal data: readable by node_exporter, which runs as another user.
+    let mode = crate::private_file::PUBLIC;
+    crate::report::write_atomically(path, mode, |out| out.write_all(text.as_bytes())).map_err(
+        |source| MetricsError::Write {
             path: path.to_owned(),
             source,
-        }
-    })
+        },
+    )
 }

@@ -289,12 +289,14 @@ fn cell(value: &Json) -> String {
     }
 }
 
-/// Writes `path` through a temporary file in the same directory and a rename.
+/// Writes `path` through a temporary file in the same directory and a rename; the file is
+/// created with `mode` (see [`crate::private_file`]).
 pub fn write_atomically(
     path: &Path,
+    mode: u32,
     write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
 ) -> io::Result<()> {
-    prepare_atomically(path, write)?.commit()
+    prepare_atomically(path, mode, write)?.commit()
 }
 
 /// A file written and synced under a temporary name beside its path: [`PreparedFile::commit`]
@@ -327,9 +329,11 @@ impl Drop for PreparedFile {
     }
 }
 
-/// Writes `path`'s content under a temporary name, for [`PreparedFile::commit`].
+/// Writes `path`'s content under a temporary name, for [`PreparedFile::commit`]. The file is
+/// created with `mode`, which the rename keeps.
 pub fn prepare_atomically(
     path: &Path,
+    mode: u32,
     write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
 ) -> io::Result<PreparedFile> {
     let dir = match path.parent() {
@@ -348,7 +352,12 @@ pub fn prepare_atomically(
         path: path.to_owned(),
         committed: false,
     };
-    let file = std::fs::File::create(&prepared.temporary)?;
+    // A leftover of a crashed process with the same pid may have another mode: start afresh.
+    match std::fs::remove_file(&prepared.temporary) {
+        Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
+        _ => {}
+    }
+    let file = crate::private_file::create_new(&prepared.temporary, mode)?;
     let mut writer = io::BufWriter::with_capacity(1 << 20, file);
     write(&mut writer)?;
     let file = writer.into_inner().map_err(|error| error.into_error())?;

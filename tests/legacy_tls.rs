@@ -7,24 +7,13 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 
-use common::app::{App, Run};
+use common::app::{App, FILE_SOURCE_NO_API, Run, TWO_USERS_QUERY};
 use common::pg::{
     PASSWORD_ROLE, PASSWORD_ROLE_SECRET, TLS_ONLY_ROLE, TlsCluster, fresh_tls_database,
 };
-use serde_json::json;
 
-const QUERY: &str = "SELECT id::text AS user_id, email, full_name AS name FROM users";
-
-/// No Auth0 API needed: the file source and every user of the connection counted migrated.
-const FILE_SOURCE: &str = r#"
-[auth0]
-connection = "legacy-users"
-migrated = "always"
-
-[cache]
-source = "file"
-file = "export.ndjson"
-"#;
+const QUERY: &str = TWO_USERS_QUERY;
+const FILE_SOURCE: &str = FILE_SOURCE_NO_API;
 
 struct TlsApp {
     app: App,
@@ -36,24 +25,7 @@ impl TlsApp {
     async fn new() -> TlsApp {
         let (db, cluster) = fresh_tls_database().await;
         let app = App::with_db(db);
-        app.sql(&format!(
-            "CREATE TABLE users (id bigint PRIMARY KEY, email text, full_name text);
-             INSERT INTO users VALUES (1, 'ann@x.io', 'Ann'), (2, 'new@x.io', 'Bo');
-             GRANT SELECT ON users TO {TLS_ONLY_ROLE}, {PASSWORD_ROLE};"
-        ))
-        .await;
-        let line = |id: &str, email: &str, name: &str| {
-            json!({
-                "user_id": format!("auth0|{id}"),
-                "email": email,
-                "name": name,
-                "identities": [{"connection": "legacy-users", "provider": "auth0", "user_id": id, "isSocial": false}],
-            })
-        };
-        app.export(
-            "export.ndjson",
-            &[line("1", "ann@x.io", "Ann"), line("2", "old@x.io", "Bo")],
-        );
+        app.seed_two_users(&[TLS_ONLY_ROLE, PASSWORD_ROLE]).await;
         TlsApp { app, cluster }
     }
 

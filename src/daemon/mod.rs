@@ -69,6 +69,9 @@ impl Schedules {
 
 fn load(path: &Path) -> anyhow::Result<(Config, Schedules)> {
     let config = Config::load(path, &ProcessEnv)?;
+    for warning in config.permission_warnings() {
+        tracing::warn!("{warning}");
+    }
     let schedule = config.schedule.as_ref().with_context(|| {
         format!(
             "{}: the daemon needs a [schedule] table with `full` (e.g. full = \"0 0 3 * * *\")",

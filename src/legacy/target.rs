@@ -302,6 +302,11 @@ impl Target {
         Target::resolve(string, &TlsSettings::default(), &|_| None)
     }
 
+    /// Whether a password was given (in the string, or by `PGPASSWORD`).
+    pub fn has_password(&self) -> bool {
+        self.config.get_password().is_some()
+    }
+
     pub fn ssl_mode(&self) -> SslMode {
         self.ssl_mode
     }

@@ -13,7 +13,7 @@ mod table;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
@@ -210,7 +210,41 @@ pub async fn run_kind(
     crate::metrics::run_finished(run_kind, outcome, started.elapsed(), result.as_ref().ok());
     let report = result?;
     recorded?;
+    with_store(&store, |store| {
+        prune_history(store, &config.state);
+        Ok(())
+    })?;
     Ok(report)
+}
+
+/// How long the pruning at the end of a run may take; what is left goes at the next run.
+const PRUNE_BUDGET: Duration = Duration::from_secs(2);
+
+/// After a successful run: forgets journal entries that ended more than
+/// `state.journal_retention_days` ago (never a `planned` one) and runs older than
+/// `state.run_history_days`. A failure is logged, never the run's failure.
+fn prune_history(store: &StateStore, settings: &crate::config::State) {
+    const DAY_MICROS: i64 = 86_400_000_000;
+    let Some(now) = timestamp::parse_rfc3339(&timestamp::now_rfc3339()) else {
+        return;
+    };
+    let before = |days: u32| timestamp::format_rfc3339(now - i64::from(days) * DAY_MICROS);
+    match store.prune(
+        &before(settings.journal_retention_days),
+        &before(settings.run_history_days),
+        PRUNE_BUDGET,
+    ) {
+        Ok(pruned) if pruned.journal + pruned.runs > 0 || !pruned.complete => {
+            tracing::info!(
+                journal_entries = pruned.journal,
+                runs = pruned.runs,
+                complete = pruned.complete,
+                "pruned the state file's history"
+            );
+        }
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "cannot prune the state file's history"),
+    }
 }
 
 /// Writes this run's baseline changes: the collected ones, the sets of planned users, and the
@@ -496,12 +530,13 @@ async fn run_recorded(
         let rendering = options.report_file.as_ref().map(|(path, format)| {
             let report = &report;
             scope.spawn(move || {
-                crate::report::prepare_atomically(path, |out| report.render(*format, out)).map_err(
-                    |source| ReconcileError::ReportFile {
-                        path: path.clone(),
-                        source,
-                    },
-                )
+                crate::report::prepare_atomically(path, crate::private_file::PRIVATE, |out| {
+                    report.render(*format, out)
+                })
+                .map_err(|source| ReconcileError::ReportFile {
+                    path: path.clone(),
+                    source,
+                })
             })
         });
         let changed = with_store(store, |store| {

@@ -75,6 +75,12 @@ const MIGRATIONS: &[Migration] = &[
     // with capitals would match neither side any more, so they are dropped (the timestamp
     // rule stands in until the next run agrees again).
     Migration::Code(forget_username_baselines),
+    // 5 → 6: indexes for pruning (`StateStore::prune`): finished journal entries by when they
+    // ended, runs by when they started.
+    Migration::Sql(
+        "CREATE INDEX journal_resolved ON journal (resolved_at) WHERE state <> 'planned';
+         CREATE INDEX runs_started ON runs (started_at);",
+    ),
 ];
 
 fn forget_username_baselines(transaction: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
@@ -172,6 +178,27 @@ fn pack_baselines_per_user(transaction: &rusqlite::Transaction<'_>) -> rusqlite:
         }
     }
     transaction.execute_batch("DROP TABLE baselines")
+}
+
+/// What [`StateStore::prune`] deleted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    pub journal: u64,
+    pub runs: u64,
+    /// False when the time budget ran out first.
+    pub complete: bool,
+}
+
+/// The warning for a state file that group or others can read, with the fix (given by
+/// `Config::permission_warnings` to `check`, `reconcile` and the daemon).
+pub fn open_state_warning(path: &Path, mode: u32) -> String {
+    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    let path = path.display();
+    format!(
+        "state file {path} is readable by group or others (mode {mode:04o}); it holds personal \
+         data (hashes of profile values, the push journal's request bodies): chmod 600 {path} \
+         {path}-journal"
+    )
 }
 
 /// How a journal entry ended.
@@ -284,6 +311,11 @@ impl std::fmt::Debug for StateStore {
 
 impl StateStore {
     pub fn open(path: &Path) -> Result<StateStore, StateError> {
+        // SQLite would create the file 0644, and its journal with the file's mode: created here
+        // first, both are private (see `private_file`).
+        if let Err(error) = crate::private_file::create_if_missing(path) {
+            tracing::debug!(%error, path = %path.display(), "cannot pre-create the state file");
+        }
         let connection = Connection::open(path).map_err(|source| StateError {
             path: path.to_owned(),
             action: "open it",
@@ -354,6 +386,56 @@ impl StateStore {
             .map_err(self.error("migrate the schema"))?;
         }
         Ok(())
+    }
+
+    /// Deletes journal entries that ended before `journal_before` (a `planned` entry, which
+    /// recovery needs, never goes) and runs that started before `runs_before` (except the last
+    /// successful run of each kind, which later runs build on), in batches, until done or
+    /// `budget` is spent; what is left goes at the next prune. Times are RFC 3339 UTC, as the
+    /// file stores them.
+    pub fn prune(
+        &self,
+        journal_before: &str,
+        runs_before: &str,
+        budget: Duration,
+    ) -> Result<Pruned, StateError> {
+        const BATCH: usize = 10_000;
+        let started = std::time::Instant::now();
+        let steps = [
+            "DELETE FROM journal WHERE id IN (SELECT id FROM journal
+               WHERE state <> 'planned' AND resolved_at < ?1 LIMIT ?2)",
+            "DELETE FROM runs WHERE id IN (SELECT id FROM runs AS r
+               WHERE started_at < ?1
+                 AND NOT (coalesce(outcome, '') = 'success' AND NOT EXISTS (
+                   SELECT 1 FROM runs AS newer WHERE newer.kind = r.kind
+                     AND newer.outcome = 'success' AND newer.finished_at > r.finished_at))
+               LIMIT ?2)",
+        ];
+        let mut deleted = [0u64; 2];
+        let mut complete = true;
+        'steps: for (step, (sql, before)) in
+            steps.iter().zip([journal_before, runs_before]).enumerate()
+        {
+            loop {
+                let batch = self
+                    .connection
+                    .execute(sql, params![before, BATCH as i64])
+                    .map_err(self.error("prune old entries"))?;
+                deleted[step] += batch as u64;
+                if batch < BATCH {
+                    break;
+                }
+                if started.elapsed() >= budget {
+                    complete = false;
+                    break 'steps;
+                }
+            }
+        }
+        Ok(Pruned {
+            journal: deleted[0],
+            runs: deleted[1],
+            complete,
+        })
     }
 
     pub fn start_run(
@@ -684,6 +766,94 @@ mod tests {
         for set in [baselines.get("1").unwrap(), two, three] {
             assert_eq!(set.seen(), Some(Seen::Unknown));
         }
+    }
+
+    #[test]
+    fn prune_keeps_planned_entries_recent_ones_and_the_last_success_of_each_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(&dir.path().join("s.db")).unwrap();
+        let old = "2020-01-01T00:00:00.000000Z";
+        let new = "2026-11-01T00:00:00.000000Z";
+        let cutoff = "2026-01-01T00:00:00.000000Z";
+        let old_applied = store.journal_plan("r1", "auth0|1", "{}", old).unwrap();
+        store
+            .journal_resolve(old_applied, JournalState::Applied, None, old)
+            .unwrap();
+        let old_failed = store.journal_plan("r1", "auth0|2", "{}", old).unwrap();
+        store
+            .journal_resolve(old_failed, JournalState::Failed, Some("x"), old)
+            .unwrap();
+        store.journal_plan("r1", "auth0|3", "{}", old).unwrap(); // planned, any age
+        let recent = store.journal_plan("r2", "auth0|4", "{}", new).unwrap();
+        store
+            .journal_resolve(recent, JournalState::Applied, None, new)
+            .unwrap();
+        for (id, kind, outcome, at) in [
+            (
+                "old-full-1",
+                "full",
+                Some("success"),
+                "2019-01-01T00:00:00.000000Z",
+            ),
+            ("old-full-2", "full", Some("success"), old),
+            ("old-changes", "changes", Some("success"), old),
+            ("old-failed", "full", Some("failed"), old),
+            ("old-crashed", "full", None, old),
+            ("new-changes", "changes", Some("success"), new),
+        ] {
+            store.start_run(id, kind, "report", at).unwrap();
+            if let Some(outcome) = outcome {
+                store.finish_run(id, outcome, at, "{}").unwrap();
+            }
+        }
+
+        let pruned = store.prune(cutoff, cutoff, Duration::from_secs(5)).unwrap();
+        assert_eq!(
+            pruned,
+            Pruned {
+                journal: 2,
+                runs: 4,
+                complete: true
+            }
+        );
+        let unresolved = store.unresolved().unwrap();
+        assert_eq!(unresolved.len(), 1);
+        assert_eq!(unresolved[0].user_id, "auth0|3");
+        assert_eq!(store.journal_counts().unwrap().get("applied"), Some(&1));
+        let runs: Vec<String> = store
+            .runs()
+            .unwrap()
+            .into_iter()
+            .map(|run| run.id)
+            .collect();
+        // The last successful full run stays however old: changes runs and the push guard
+        // build on it. The old changes run goes: a newer one succeeded.
+        assert_eq!(runs, ["old-full-2", "new-changes"]);
+        assert_eq!(store.last_success("full").unwrap().as_deref(), Some(old));
+        // Nothing left: a second prune deletes nothing.
+        let again = store.prune(cutoff, cutoff, Duration::ZERO).unwrap();
+        assert_eq!((again.journal, again.runs), (0, 0));
+    }
+
+    #[test]
+    fn the_state_file_and_its_journal_are_private_and_an_open_one_is_reported() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let store = StateStore::open(&path).unwrap();
+        let id = store.journal_plan("r", "auth0|1", "{}", "t").unwrap();
+        store
+            .journal_resolve(id, JournalState::Applied, None, "t")
+            .unwrap();
+        drop(store);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        // TRUNCATE keeps the rollback journal beside the file after the first write.
+        let journal = dir.path().join("s.db-journal");
+        assert_eq!(mode(&journal), 0o600);
+        let warning = open_state_warning(&path, 0o644);
+        assert!(warning.contains("chmod 600"), "{warning}");
+        assert!(warning.contains(&path.display().to_string()), "{warning}");
     }
 
     #[test]

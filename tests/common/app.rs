@@ -159,3 +159,45 @@ impl App {
         }
     }
 }
+
+/// The mapping query of [`App::seed_two_users`]'s table.
+pub const TWO_USERS_QUERY: &str = "SELECT id::text AS user_id, email, full_name AS name FROM users";
+
+/// A report from `export.ndjson` without the Management API: every user of the connection
+/// counts as migrated.
+pub const FILE_SOURCE_NO_API: &str = r#"
+[auth0]
+connection = "legacy-users"
+migrated = "always"
+
+[cache]
+source = "file"
+file = "export.ndjson"
+"#;
+
+impl App {
+    /// A legacy table `users` of two users, one whose email changed since Auth0's copy (so a
+    /// report finds one `in_sync`, one `stranded`), readable by `readers`, and its export:
+    /// for tests about connections and files rather than the comparison.
+    pub async fn seed_two_users(&self, readers: &[&str]) {
+        let mut sql = "CREATE TABLE users (id bigint PRIMARY KEY, email text, full_name text);
+             INSERT INTO users VALUES (1, 'ann@x.io', 'Ann'), (2, 'new@x.io', 'Bo');"
+            .to_owned();
+        if !readers.is_empty() {
+            sql.push_str(&format!("GRANT SELECT ON users TO {};", readers.join(", ")));
+        }
+        self.sql(&sql).await;
+        let line = |id: &str, email: &str, name: &str| {
+            serde_json::json!({
+                "user_id": format!("auth0|{id}"),
+                "email": email,
+                "name": name,
+                "identities": [{"connection": "legacy-users", "provider": "auth0", "user_id": id, "isSocial": false}],
+            })
+        };
+        self.export(
+            "export.ndjson",
+            &[line("1", "ann@x.io", "Ann"), line("2", "old@x.io", "Bo")],
+        );
+    }
+}
