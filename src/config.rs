@@ -278,7 +278,10 @@ impl Config {
             ));
         }
         if let Some(mode) = open_to_others(&self.state.path) {
-            warnings.push(crate::state::open_state_warning(&self.state.path, mode));
+            warnings.push(crate::private_file::state_file_warning(
+                &self.state.path,
+                mode,
+            ));
         }
         warnings
     }

@@ -41,6 +41,18 @@ pub fn open_to_others(path: &Path) -> Option<u32> {
     (mode & 0o077 != 0).then_some(mode)
 }
 
+/// The warning for a state file that group or others can read, with the fix (given by
+/// `Config::permission_warnings` to `check`, `reconcile` and the daemon).
+pub fn state_file_warning(path: &Path, mode: u32) -> String {
+    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    let path = path.display();
+    format!(
+        "state file {path} is readable by group or others (mode {mode:04o}); it holds personal \
+         data (hashes of profile values, the push journal's request bodies): chmod 600 {path} \
+         {path}-journal"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -189,18 +189,6 @@ pub struct Pruned {
     pub complete: bool,
 }
 
-/// The warning for a state file that group or others can read, with the fix (given by
-/// `Config::permission_warnings` to `check`, `reconcile` and the daemon).
-pub fn open_state_warning(path: &Path, mode: u32) -> String {
-    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
-    let path = path.display();
-    format!(
-        "state file {path} is readable by group or others (mode {mode:04o}); it holds personal \
-         data (hashes of profile values, the push journal's request bodies): chmod 600 {path} \
-         {path}-journal"
-    )
-}
-
 /// How a journal entry ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JournalState {
@@ -851,7 +839,7 @@ mod tests {
         // TRUNCATE keeps the rollback journal beside the file after the first write.
         let journal = dir.path().join("s.db-journal");
         assert_eq!(mode(&journal), 0o600);
-        let warning = open_state_warning(&path, 0o644);
+        let warning = crate::private_file::state_file_warning(&path, 0o644);
         assert!(warning.contains("chmod 600"), "{warning}");
         assert!(warning.contains(&path.display().to_string()), "{warning}");
     }
