@@ -17,7 +17,7 @@ use std::borrow::Cow;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value as Json};
 
-use crate::classify::is_generated_default;
+use crate::equality::is_generated_default;
 use crate::profile::{Field, Kind, Profile, Value};
 
 /// Which side changed a differing key since its baseline.
@@ -216,7 +216,7 @@ impl<'de: 'a, 'a> serde::Deserialize<'de> for RawObject<'a> {
                 mut members: A,
             ) -> Result<RawObject<'a>, A::Error> {
                 let mut pairs = Vec::new();
-                while let Some(crate::export::Text(key)) = members.next_key()? {
+                while let Some(crate::profile::Text(key)) = members.next_key()? {
                     let value: &'a RawValue = members.next_value()?;
                     pairs.push((key, value));
                 }

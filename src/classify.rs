@@ -10,7 +10,8 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value as Json};
 
 use crate::baseline::{self, Change, KeyValues, PackedBaselines, StoredKey};
-use crate::export::Auth0User;
+use crate::equality::{equal_ignoring_case, is_generated_default};
+use crate::profile::Auth0User;
 use crate::profile::{Field, Kind, LegacyView, Profile, Value};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -408,56 +409,6 @@ fn boolean(value: Option<&Value<'_>>) -> Option<bool> {
     }
 }
 
-pub fn equal_ignoring_case(a: &str, b: &str) -> bool {
-    // Either side may be the non-ASCII one (`k` and the Kelvin sign `K` lower-case alike), and
-    // the baselines' canonical form lower-cases both: equality must not depend on the order.
-    a.eq_ignore_ascii_case(b)
-        || (!(a.is_ascii() && b.is_ascii()) && a.to_lowercase() == b.to_lowercase())
-}
-
-/// Whether an Auth0 value is what Auth0 generates when the Login script returns none, given
-/// the email of either side (the email may have changed since the value was generated).
-pub(crate) fn is_generated_default(
-    field: Field,
-    value: &str,
-    legacy: &Profile<'_>,
-    auth0: &Profile<'_>,
-) -> bool {
-    let emails = [legacy.text(Field::Email), auth0.text(Field::Email)];
-    let mut emails = emails
-        .into_iter()
-        .flatten()
-        .filter(|email| !email.is_empty());
-    match field {
-        Field::Name => emails.any(|email| equal_ignoring_case(email, value)),
-        Field::Nickname => emails.any(|email| {
-            let local = email.split_once('@').map_or(email, |(local, _)| local);
-            equal_ignoring_case(local, value)
-        }),
-        Field::Picture => is_generated_picture(value),
-        _ => false,
-    }
-}
-
-/// Gravatar (Auth0's default picture) or its initials fallback on Auth0's CDN.
-fn is_generated_picture(url: &str) -> bool {
-    let Some(rest) = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"))
-    else {
-        return false;
-    };
-    [
-        "s.gravatar.com/avatar/",
-        "secure.gravatar.com/avatar/",
-        "www.gravatar.com/avatar/",
-        "gravatar.com/avatar/",
-        "cdn.auth0.com/avatars/",
-    ]
-    .iter()
-    .any(|prefix| rest.starts_with(prefix))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -598,15 +549,6 @@ mod tests {
                 without
             ));
         }
-    }
-
-    #[test]
-    fn equal_ignoring_case_is_symmetric() {
-        // The Kelvin sign lower-cases to an ASCII `k`; `is_ascii` of the first argument alone
-        // decided whether to look beyond ASCII.
-        assert!(equal_ignoring_case("\u{212A}@x.io", "k@x.io"));
-        assert!(equal_ignoring_case("k@x.io", "\u{212A}@x.io"));
-        assert!(!equal_ignoring_case("k@x.io", "l@x.io"));
     }
 
     #[test]

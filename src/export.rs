@@ -17,14 +17,11 @@ use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
 
 use crate::config::MigratedRule;
-use crate::profile::{Field, Profile, Value};
+use crate::profile::{Auth0User, Field, Profile, Text, USER_ID_PREFIX, Value};
 use crate::timestamp;
 
 /// Longest line accepted; Auth0 caps metadata at 16 KB per object, so a longer line is damage.
 pub const MAX_LINE_BYTES: usize = 1 << 20;
-
-/// Prefix of every database-connection user id.
-pub const USER_ID_PREFIX: &str = "auth0|";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
@@ -45,19 +42,6 @@ pub enum ExportError {
         line: u64,
         message: String,
     },
-}
-
-/// One Auth0 profile of the configured connection.
-#[derive(Debug)]
-pub struct Auth0User<'a> {
-    /// The full Auth0 id, `auth0|…`.
-    pub auth0_id: &'a str,
-    /// The legacy `user_id`: the Auth0 id without its first `auth0|`.
-    pub legacy_id: &'a str,
-    pub profile: Profile<'a>,
-    /// The migration moment for migrated users.
-    pub created_at: Option<i64>,
-    pub migrated: bool,
 }
 
 #[derive(Deserialize)]
@@ -92,39 +76,6 @@ struct Line<'a> {
     connection: Option<Text<'a>>,
     #[serde(borrow, rename = "identities[0].connection")]
     first_identity_connection: Option<Text<'a>>,
-}
-
-/// A JSON string borrowed from the line when it has no escapes. (serde only borrows a bare
-/// `Cow<str>` field, not one inside an `Option`, hence this type.)
-pub(crate) struct Text<'a>(pub(crate) Cow<'a, str>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visitor<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visitor<'a> {
-            type Value = Text<'a>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E>(self, text: &'de str) -> Result<Text<'a>, E> {
-                Ok(Text(Cow::Borrowed(text)))
-            }
-            fn visit_str<E>(self, text: &str) -> Result<Text<'a>, E> {
-                Ok(Text(Cow::Owned(text.to_owned())))
-            }
-            fn visit_string<E>(self, text: String) -> Result<Text<'a>, E> {
-                Ok(Text(Cow::Owned(text)))
-            }
-        }
-        deserializer.deserialize_str(Visitor(std::marker::PhantomData))
-    }
-}
-
-impl std::ops::Deref for Text<'_> {
-    type Target = str;
-    fn deref(&self) -> &str {
-        &self.0
-    }
 }
 
 /// The first element of `identities` (the user's own connection), read without collecting
@@ -200,7 +151,7 @@ pub fn read_ahead(mut input: Box<dyn BufRead + Send>) -> Box<dyn BufRead + Send>
     // Read blocks come back to be filled again: no fresh allocation (and page faults) per block.
     let (recycle, recycled) = std::sync::mpsc::channel::<Vec<u8>>();
     std::thread::spawn(move || {
-        crate::reconcile::yield_to_legacy_side();
+        crate::priority::yield_to_legacy_side();
         loop {
             let mut block = recycled.try_recv().unwrap_or_default();
             block.resize(READ_AHEAD_BLOCK_BYTES, 0);
@@ -335,24 +286,8 @@ pub fn read<E: From<ExportError>>(
     Ok(stats)
 }
 
-/// The Auth0 attributes a run reads: the `compared` ones, the email when a generated default
-/// (name, nickname) is judged against it, and `also` (what pushes look at besides). The export
-/// job asks for these, and a parked profile keeps them ([`minimal_line`]).
-pub fn attributes_read(compared: &[Field], also: &[Field]) -> Vec<Field> {
-    let mut attributes: Vec<Field> = compared.iter().chain(also).copied().collect();
-    if compared
-        .iter()
-        .any(|f| matches!(f, Field::Name | Field::Nickname))
-    {
-        attributes.push(Field::Email);
-    }
-    attributes.sort();
-    attributes.dedup();
-    attributes
-}
-
 /// A minimal export line for `user` that [`parse_line`] reads back as the same user under the
-/// same filter, with only the `fields` a run reads ([`attributes_read`]): what a parked profile
+/// same filter, with only the `fields` a run reads ([`crate::equality::attributes_read`]): what a parked profile
 /// keeps while it waits for its legacy row (a fifth of a full line: no identities, login
 /// counters…).
 pub fn minimal_line(user: &Auth0User<'_>, fields: &[Field], filter: &ExportFilter) -> Vec<u8> {

@@ -301,6 +301,55 @@ fn utf8(bytes: &[u8]) -> &str {
 }
 
 /// Building profiles in unit tests.
+/// Prefix of every database-connection user id.
+pub const USER_ID_PREFIX: &str = "auth0|";
+
+/// One Auth0 profile of the configured connection.
+#[derive(Debug)]
+pub struct Auth0User<'a> {
+    /// The full Auth0 id, `auth0|…`.
+    pub auth0_id: &'a str,
+    /// The legacy `user_id`: the Auth0 id without its first `auth0|`.
+    pub legacy_id: &'a str,
+    pub profile: Profile<'a>,
+    /// The migration moment for migrated users.
+    pub created_at: Option<i64>,
+    pub migrated: bool,
+}
+
+/// A JSON string borrowed from the line when it has no escapes. (serde only borrows a bare
+/// `Cow<str>` field, not one inside an `Option`, hence this type.)
+pub struct Text<'a>(pub Cow<'a, str>);
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visitor<'a> {
+            type Value = Text<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, text: &'de str) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Borrowed(text)))
+            }
+            fn visit_str<E>(self, text: &str) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Owned(text.to_owned())))
+            }
+            fn visit_string<E>(self, text: String) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Owned(text)))
+            }
+        }
+        deserializer.deserialize_str(Visitor(std::marker::PhantomData))
+    }
+}
+
+impl std::ops::Deref for Text<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod fixtures {
     use super::*;

@@ -19,7 +19,7 @@ use std::borrow::Cow;
 use arbitrary::Arbitrary;
 use driftsync::baseline::{self, PackedBaselines, Seen};
 use driftsync::classify::{self, Rules, Status};
-use driftsync::export::Auth0User;
+use driftsync::profile::Auth0User;
 use driftsync::profile::{Field, Kind, LegacyRecordBuilder, LegacyView, Profile, Value};
 use libfuzzer_sys::fuzz_target;
 

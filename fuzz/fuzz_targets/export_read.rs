@@ -9,7 +9,8 @@
 use std::io::{BufRead, Write};
 
 use driftsync::config::MigratedRule;
-use driftsync::export::{self, Auth0User, ExportError, ExportFilter, Interpreted};
+use driftsync::export::{self, ExportError, ExportFilter, Interpreted};
+use driftsync::profile::Auth0User;
 use driftsync::profile::Field;
 use libfuzzer_sys::fuzz_target;
 

@@ -49,7 +49,7 @@ impl ExportOptions {
     }
 }
 
-/// The export fields for a run that reads `attributes` (see [`crate::export::attributes_read`]):
+/// The export fields for a run that reads `attributes` (see [`crate::equality::attributes_read`]):
 /// the identity, the migration moment, the connection, those attributes, and `app_metadata`
 /// when a marker there decides migration.
 pub fn fields_for(attributes: &[Field], migrated: &MigratedRule) -> Vec<ExportField> {
@@ -275,7 +275,7 @@ mod tests {
         };
         assert_eq!(
             names(fields_for(
-                &crate::export::attributes_read(&[Field::Name], &[]),
+                &crate::equality::attributes_read(&[Field::Name], &[]),
                 &MigratedRule::Always
             )),
             [

@@ -170,7 +170,7 @@ async fn two_runs(
         .map(|user| user.user_id.as_str())
         .collect();
     let deleted = (1..=set.users)
-        .map(|id| format!("{}{id}", crate::export::USER_ID_PREFIX))
+        .map(|id| format!("{}{id}", crate::profile::USER_ID_PREFIX))
         .find(|id| !listed.contains(id.as_str()) && simulator.user(id).is_some())
         .context("the demo data has no user in sync")?;
     simulator.remove_user(&deleted);

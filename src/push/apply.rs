@@ -18,7 +18,7 @@ use serde_json::{Map, Value as Json};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth0::{Auth0Client, Auth0Error, EndpointClass};
-use crate::classify::equal_ignoring_case;
+use crate::equality::equal_ignoring_case;
 use crate::profile::Field;
 use crate::state::{JournalState, StateError, StateStore};
 use crate::timestamp;

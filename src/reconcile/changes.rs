@@ -87,7 +87,7 @@ pub(super) async fn run(
         futures_util::stream::iter(rows.iter().enumerate())
             .map(|(index, (legacy_id, _))| {
                 let client = client.clone();
-                let auth0_id = format!("{}{legacy_id}", export::USER_ID_PREFIX);
+                let auth0_id = format!("{}{legacy_id}", crate::profile::USER_ID_PREFIX);
                 async move { Ok((index, client.user(&auth0_id).await?)) }
             })
             .buffer_unordered(FETCH_CONCURRENCY)
@@ -116,7 +116,7 @@ pub(super) async fn run(
     for result in profiles {
         let (index, profile) = result?;
         let (legacy_id, record) = &rows[index];
-        let auth0_id = format!("{}{legacy_id}", export::USER_ID_PREFIX);
+        let auth0_id = format!("{}{legacy_id}", crate::profile::USER_ID_PREFIX);
         let mut matched = false;
         if let Some(profile) = profile {
             // The same reader as for export lines, so every rule applies unchanged.

@@ -6,7 +6,6 @@
 use crate::auth0::Connection;
 use crate::classify::Rules;
 use crate::config::{Config, MigratedRule, OrphanAction, PushedEmailVerified};
-use crate::export;
 use crate::profile::Field;
 use crate::push::plan::{DEFAULT_MIGRATED_FIELDS, PushPolicy};
 
@@ -85,7 +84,7 @@ pub fn attributes_read(config: &Config, fields: &[Field]) -> Vec<Field> {
     {
         also.push(Field::EmailVerified);
     }
-    export::attributes_read(fields, &also)
+    crate::equality::attributes_read(fields, &also)
 }
 
 /// The migration rule with `import_mode` replaced by what the connection says.

@@ -20,7 +20,8 @@ use std::sync::mpsc::{Receiver, SyncSender};
 use crate::baseline::{self, KeyValues, PackedBaselines};
 use crate::classify::{self, Rules, Status, Verdict};
 use crate::config::OrphanAction;
-use crate::export::{self, Auth0User, ExportError, ExportFilter, Interpreted, MAX_LINE_BYTES};
+use crate::export::{self, ExportError, ExportFilter, Interpreted, MAX_LINE_BYTES};
+use crate::profile::Auth0User;
 use crate::profile::{Field, LegacyView, Profile};
 use crate::push::plan::{self, PushPolicy, UserPlan};
 use crate::report::{PushOutcome, PushState, Summary, UserEntry};
@@ -74,7 +75,7 @@ impl LegacyProgress {
 pub struct JoinContext<'a> {
     pub rules: Rules<'a>,
     /// The attributes a parked profile keeps: what the run reads from Auth0
-    /// ([`export::attributes_read`]).
+    /// ([`crate::equality::attributes_read`]).
     pub kept: &'a [Field],
     pub filter: &'a ExportFilter,
     pub policy: &'a PushPolicy,
@@ -224,7 +225,7 @@ pub fn join(
                 let recycle = recycle.clone();
                 let (receiver, stop) = (&receiver, &stop);
                 scope.spawn(move || {
-                    yield_to_legacy_side();
+                    crate::priority::yield_to_legacy_side();
                     work(
                         source_name,
                         receiver,
@@ -287,7 +288,7 @@ pub fn join(
     let untaken = table.untaken(|legacy_id, legacy, stored| {
         with_set += 1;
         let verdict = classify::classify(&context.rules, Some(&legacy), None, Some(stored));
-        let auth0_id = format!("{}{legacy_id}", export::USER_ID_PREFIX);
+        let auth0_id = format!("{}{legacy_id}", crate::profile::USER_ID_PREFIX);
         joined.record(&auth0_id, legacy_id, verdict, None, None);
     });
     joined.summary.not_migrated += untaken - with_set;
@@ -298,19 +299,6 @@ pub fn join(
         "legacy users without an Auth0 profile"
     );
     Ok(joined)
-}
-
-/// Lowers the calling thread's scheduling priority, so that while the legacy rows still stream
-/// (on threads at normal priority, with PostgreSQL's own process), the export side only takes
-/// the CPU they leave idle instead of outrunning them and parking lines. On Linux the nice
-/// value is per thread.
-pub fn yield_to_legacy_side() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: setpriority takes plain integers and changes nothing but the calling thread's
-    // nice value; a failure leaves it as it was, which is harmless.
-    unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, 0, 10);
-    }
 }
 
 /// Merges the workers' parts into `joined`; the error with the lowest line number wins.
@@ -646,7 +634,7 @@ impl Joined {
                 Some(crate::profile::Value::Bool(user.blocked)),
             );
             auth0_id.clear();
-            auth0_id.push_str(export::USER_ID_PREFIX);
+            auth0_id.push_str(crate::profile::USER_ID_PREFIX);
             auth0_id.push_str(legacy_id);
             let auth0 = Auth0User {
                 auth0_id: &auth0_id,

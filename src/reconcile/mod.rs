@@ -29,7 +29,6 @@ use crate::report::{PushState, REPORT_VERSION, Report, RunInfo, Summary, UserEnt
 use crate::state::{StateError, StateStore};
 use crate::timestamp;
 use connection::ConnectionFacts;
-pub use join::yield_to_legacy_side;
 use join::{BaselineWrites, JoinContext, Joined, LegacyTable};
 use progress::Counters;
 use table::{InsertBehind, Refused};
@@ -418,7 +417,7 @@ async fn run_recorded(
         let join_progress = legacy_progress.clone();
         let joined = tokio::task::spawn_blocking(move || {
             // This thread cuts the export into chunks; it shares the workers' priority.
-            yield_to_legacy_side();
+            crate::priority::yield_to_legacy_side();
             let (name, input) = match (source, download) {
                 (_, Some((name, stream))) => {
                     let reader = tokio_util::io::SyncIoBridge::new(
