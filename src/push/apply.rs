@@ -51,8 +51,9 @@ pub enum Outcome {
 pub enum ApplyError {
     #[error(transparent)]
     State(#[from] StateError),
-    #[error("the journal writer stopped: {0}")]
-    Worker(String),
+    /// The blocking thread that writes the journal panicked: a bug, never bad input.
+    #[error("the journal writer stopped unexpectedly (a bug in driftsync: please report it)")]
+    JournalWriterPanicked,
 }
 
 type Store = Arc<Mutex<StateStore>>;
@@ -70,7 +71,7 @@ async fn journal<T: Send + 'static>(
         operation(&guard)
     })
     .await
-    .map_err(|error| ApplyError::Worker(error.to_string()))?
+    .map_err(|_| ApplyError::JournalWriterPanicked)?
     .map_err(ApplyError::from)
 }
 

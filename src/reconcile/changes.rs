@@ -42,7 +42,7 @@ pub(super) async fn run(
         with_store(store, |store| store.watermark())?.ok_or(ReconcileError::NoWatermark)?;
     let since = timestamp::parse_rfc3339(&watermark)
         .map(|micros| timestamp::format_rfc3339(micros - OVERLAP_SECONDS * 1_000_000))
-        .ok_or_else(|| ReconcileError::Worker(format!("unreadable watermark {watermark:?}")))?;
+        .ok_or_else(|| ReconcileError::BadWatermark(watermark.clone()))?;
     let settings = Settings::from_config(&config.auth0, env).map_err(|source| {
         ReconcileError::ApiSettings {
             why: "a changes run",

@@ -246,9 +246,7 @@ pub fn join(
     let mut joined = Joined::new();
     gather(&mut joined, results, produced.err())?;
     if !legacy.wait() {
-        return Err(ReconcileError::Worker(
-            "the legacy read failed while the export was joined".into(),
-        ));
+        return Err(ReconcileError::LegacyReadFailed);
     }
     // Every legacy row is in: the parked lines find theirs now, or have none.
     let mut parked = std::mem::take(&mut joined.parked);
@@ -316,7 +314,7 @@ fn gather(
                 }
             }
             Err(_) => {
-                first_error = Some((0, ReconcileError::Worker("a join worker panicked".into())));
+                first_error = Some((0, ReconcileError::ThreadPanicked("join worker")));
             }
         }
     }
@@ -558,10 +556,7 @@ impl Joined {
                 // Enough held aside: from here on every profile waits for its row.
                 if legacy.parked_bytes.load(Ordering::Relaxed) > PARK_LIMIT_BYTES && !legacy.wait()
                 {
-                    return Err((
-                        number,
-                        ReconcileError::Worker("the legacy read failed".into()),
-                    ));
+                    return Err((number, ReconcileError::LegacyReadFailed));
                 }
                 (legacy.is_done(), false)
             }

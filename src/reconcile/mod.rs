@@ -71,8 +71,23 @@ pub enum ReconcileError {
         "schedule.changes needs the legacy query to return `updated_at` (timestamptz): without it a changed row cannot be found"
     )]
     ChangesNeedUpdatedAt,
-    #[error("a worker stopped unexpectedly: {0}")]
-    Worker(String),
+    /// One of a run's own threads panicked: a bug, never bad input.
+    #[error(
+        "the {0} stopped unexpectedly (a bug in driftsync: please report it with the log above)"
+    )]
+    ThreadPanicked(&'static str),
+    /// The legacy side failed while the export was joined; its own error is the one reported,
+    /// this only stops the join.
+    #[error("the legacy read failed while the export was joined")]
+    LegacyReadFailed,
+    /// The state file's last successful run has a start time that is not a timestamp.
+    #[error(
+        "the state file's last successful run started at {0:?}, which is not a timestamp: the file was edited or damaged"
+    )]
+    BadWatermark(String),
+    /// An internal step found its precondition broken: a bug, never bad input.
+    #[error("internal error: {0} (a bug in driftsync: please report it with the log above)")]
+    Internal(&'static str),
     #[error("cannot write the report to {}", path.display())]
     ReportFile {
         path: PathBuf,
@@ -436,7 +451,9 @@ async fn run_recorded(
                     (path.display().to_string(), export::open_file(&path)?)
                 }
                 (Source::Export, None) => {
-                    return Err(ReconcileError::Worker("the export job vanished".into()));
+                    return Err(ReconcileError::Internal(
+                        "an export source without its export job",
+                    ));
                 }
             };
             let context = JoinContext {
@@ -450,7 +467,7 @@ async fn run_recorded(
             join::join(&name, input, &join_table, &context, &join_progress)
         })
         .await
-        .map_err(|error| ReconcileError::Worker(error.to_string()))?;
+        .map_err(|_| ReconcileError::ThreadPanicked("join of the export with the legacy rows"))?;
         Ok::<_, ReconcileError>(joined)
     };
     let (legacy_result, join_result) = tokio::join!(legacy_side, join_side);
@@ -464,7 +481,7 @@ async fn run_recorded(
     }
     drop(ticker);
     let table = Arc::try_unwrap(table)
-        .map_err(|_| ReconcileError::Worker("the legacy table is still in use".into()))?;
+        .map_err(|_| ReconcileError::Internal("the legacy table is still shared after the join"))?;
     let Joined {
         mut summary,
         mut users,
@@ -499,7 +516,7 @@ async fn run_recorded(
             .unwrap_or(config.reconcile.max_push_fraction);
         let client = client
             .clone()
-            .ok_or_else(|| ReconcileError::Worker("no Auth0 client".into()))?;
+            .ok_or(ReconcileError::Internal("a push without an Auth0 client"))?;
         let phase = PushPhase {
             client: &client,
             store,
@@ -542,9 +559,9 @@ async fn run_recorded(
             write_baselines(store, baseline_changes, planned, table_sets)
         });
         let prepared = rendering.map(|rendering| {
-            rendering.join().unwrap_or_else(|_| {
-                Err(ReconcileError::Worker("the report writer panicked".into()))
-            })
+            rendering
+                .join()
+                .unwrap_or_else(|_| Err(ReconcileError::ThreadPanicked("report writer")))
         });
         (changed, prepared)
     });
