@@ -415,7 +415,14 @@ impl Buckets {
             (_, Some(newest)) if newest != class && class.is_management() => {
                 self.by_class.get_mut(&newest).map(|known| {
                     known.refill(now);
-                    (known.limit, known.tokens, known.next_token_at)
+                    // A class with a rate has refilled its count up to now, the token its last
+                    // answer announced included: that news must not add it a second time.
+                    let news = if known.rate().is_some() {
+                        None
+                    } else {
+                        known.next_token_at
+                    };
+                    (known.limit, known.tokens, news)
                 })
             }
             _ => None,
@@ -731,6 +738,32 @@ mod tests {
         )
         .await;
         assert!(token.is_ok());
+    }
+
+    #[test]
+    fn a_seeded_class_does_not_count_the_announced_token_twice() {
+        // Reads have drained a global bucket refilling at 12/s; their count, refilled at that
+        // rate, already holds the token the last answer announced for 50 ms later.
+        let start = Instant::now();
+        let mut buckets = Buckets::default();
+        let read = buckets
+            .by_class
+            .entry(EndpointClass::UsersRead)
+            .or_default();
+        read.limit = Some(8.0);
+        read.tokens = 0.2;
+        read.refill = Some(12.0);
+        read.refilled_at = Some(start);
+        read.next_token_at = Some(start + Duration::from_millis(50));
+        buckets.newest = Some(EndpointClass::UsersRead);
+        // 60 ms later the server holds 0.92 tokens: the first write must wait.
+        let now = start + Duration::from_millis(60);
+        let write = buckets.get(EndpointClass::UsersWrite, now);
+        assert!(write.tokens < 1.0, "{}", write.tokens);
+        assert!(
+            write.try_take(now).is_err(),
+            "the first write was sent into an empty bucket"
+        );
     }
 
     #[tokio::test]
