@@ -1,5 +1,5 @@
-//! Decides each user's status from its legacy row and its Auth0 profile (DESIGN.md,
-//! "classification"), with the equality rules that keep Auth0's own behaviour from looking like
+//! Decides each user's status from its legacy row and its Auth0 profile (docs/INTERFACE.md,
+//! "Statuses"), with the equality rules that keep Auth0's own behaviour from looking like
 //! drift: case-insensitive emails, NULL = absent = "", Auth0-generated defaults, and metadata
 //! compared only on the first-level keys the legacy side has.
 

@@ -1,4 +1,4 @@
-//! The TOML configuration: its keys (DESIGN.md), environment overrides and validation.
+//! The TOML configuration: its keys (config/driftsync.example.toml), environment overrides and validation.
 //!
 //! Parsing is strict (unknown keys are errors) and every validation error names the key, so a
 //! typo never silently changes what a run compares or pushes. Credentials are not required

@@ -15,7 +15,7 @@
 //! - [`push`]: planning Auth0-acceptable PATCH requests and applying them journaled.
 //! - [`reconcile`]: one run: joins both sides, classifies, pushes, builds the report.
 //! - [`report`]: the report model and its table, JSON and NDJSON renderings.
-//! - [`metrics`]: the Prometheus metrics of DESIGN.md and the textfile writer.
+//! - [`metrics`]: the Prometheus metrics of docs/INTERFACE.md and the textfile writer.
 //! - [`simulator`]: a faithful Auth0 Management API simulator for tests, benchmarks and the demo.
 //! - [`demo`]: the `demo` command: the whole job on generated data.
 //! - [`daemon`]: the scheduled worker: cron schedules, run lock, metrics endpoint, signals.

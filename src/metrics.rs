@@ -1,4 +1,4 @@
-//! Prometheus metrics with the names of DESIGN.md (prefix `driftsync_`), recorded through the
+//! Prometheus metrics with the names of docs/INTERFACE.md (prefix `driftsync_`), recorded through the
 //! `metrics` facade: the daemon serves them, and `reconcile --metrics-file` writes them for
 //! node_exporter's textfile collector. Labels never carry user ids or emails, only bounded sets
 //! (run kind, outcome, status, field, endpoint template, HTTP status).

@@ -1,4 +1,4 @@
-//! The report of one run (DESIGN.md, "JSON report") and its three renderings: a table for
+//! The report of one run (docs/INTERFACE.md, "JSON report") and its three renderings: a table for
 //! people, JSON and NDJSON for programs. Files are written atomically: a reader sees the old
 //! report or the new one, never half of one.
 

@@ -266,3 +266,44 @@ fn the_scan_sees_imports_and_skips_comments_and_test_code() {
         .collect();
     assert_eq!(found, expected);
 }
+
+#[test]
+fn every_relative_link_in_the_documents_resolves() {
+    let mut documents: Vec<PathBuf> = [
+        "README.md",
+        "SIMULATOR.md",
+        "deploy/README.md",
+        "fuzz/README.md",
+    ]
+    .iter()
+    .map(|p| Path::new(ROOT).join(p))
+    .filter(|p| p.exists())
+    .collect();
+    for entry in std::fs::read_dir(Path::new(ROOT).join("docs")).unwrap() {
+        documents.push(entry.unwrap().path());
+    }
+    let mut broken = Vec::new();
+    for document in &documents {
+        let text = std::fs::read_to_string(document).unwrap();
+        for (at, _) in text.match_indices("](") {
+            let target = &text[at + 2..];
+            let Some(end) = target.find(')') else {
+                continue;
+            };
+            let target = target[..end].split('#').next().unwrap_or_default();
+            if target.is_empty() || target.contains("://") || target.starts_with("mailto:") {
+                continue;
+            }
+            let resolved = document.parent().unwrap().join(target);
+            if !resolved.exists() {
+                broken.push(format!("{}: {target}", document.display()));
+            }
+        }
+    }
+    assert!(documents.len() >= 3, "{documents:?}");
+    assert!(
+        broken.is_empty(),
+        "links to nothing:\n{}",
+        broken.join("\n")
+    );
+}

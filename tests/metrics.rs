@@ -1,4 +1,4 @@
-//! `reconcile --metrics-file`: the metrics of DESIGN.md, with values equal to the report's,
+//! `reconcile --metrics-file`: the metrics of docs/INTERFACE.md, with values equal to the report's,
 //! written after failed runs too, never carrying a user id or email, and valid for promtool.
 
 mod common;

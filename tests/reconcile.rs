@@ -64,7 +64,7 @@ async fn app_with_users(rows: &str) -> App {
     app
 }
 
-/// One user for each status of DESIGN.md's table, plus one of another connection.
+/// One user for each status of docs/INTERFACE.md's table, plus one of another connection.
 async fn every_status() -> App {
     let app = app_with_users(
         "(1, 'ann@x.io', 'Ann', false, NULL, '2024-01-01Z'),
