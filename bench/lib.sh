@@ -13,7 +13,7 @@ done
 pg_bin=$(dirname "$(command -v pg_ctl || ls -d /usr/lib/postgresql/*/bin/pg_ctl 2>/dev/null | sort -V | tail -n 1)")
 [[ -x $pg_bin/initdb ]] || { echo "bench: PostgreSQL server binaries (initdb, pg_ctl) not found: apt-get install postgresql-15" >&2; exit 1; }
 
-cargo build --release --quiet --bin driftsync --example datagen --example simulator
+cargo build --release --quiet --bin driftsync --bin datagen --bin simulator
 work=$(mktemp -d /tmp/driftsync-bench.XXXXXX)
 chmod 755 "$work"
 as_pg() { if [[ $(id -u) == 0 ]]; then (cd / && runuser -u postgres -- "$@"); else "$@"; fi; }
@@ -39,7 +39,7 @@ sql() { psql -q -h 127.0.0.1 -p "$port" -U postgres bench "$@"; }
 
 # generate USERS SEED: the data set in $work/data, loaded into the database.
 generate() {
-    ./target/release/examples/datagen --users "$1" --seed "$2" --out "$work/data"
+    ./target/release/datagen --users "$1" --seed "$2" --out "$work/data"
     sql -f "$work/data/schema.sql"
     sql -c "\\copy users (id, email, email_verified, name, given_name, family_name, blocked, metadata, updated_at) FROM '$work/data/legacy.copy'" \
         -c "VACUUM ANALYZE users"
@@ -65,7 +65,7 @@ TOML
 
 # start_simulator [SIMULATOR ARGS…]: serves the export's users; sets $base.
 start_simulator() {
-    coproc SIM { exec ./target/release/examples/simulator --users "$work/data/export.json.gz" "$@" 2>/dev/null; }
+    coproc SIM { exec ./target/release/simulator --users "$work/data/export.json.gz" "$@" 2>/dev/null; }
     local listening
     read -r -u "${SIM[0]}" listening
     base=${listening#listening on }

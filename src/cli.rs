@@ -14,7 +14,7 @@ use crate::config::{Config, ProcessEnv};
 use crate::private_file::PRIVATE;
 use crate::reconcile::{self, RunOptions};
 use crate::report::{self, Format};
-use crate::{check, daemon, demo};
+use crate::{check, daemon};
 
 const EXIT_ERROR: u8 = 1;
 const EXIT_NEEDS_ACTION: u8 = 2;
@@ -93,6 +93,7 @@ enum Command {
     ///
     /// Needs no Auth0 account and no configuration file. Needs the PostgreSQL server binaries
     /// (initdb, pg_ctl) unless --legacy-url is given.
+    #[cfg(feature = "demo")]
     Demo(DemoArgs),
     /// Print a shell completion script for bash, zsh or fish to standard output.
     ///
@@ -120,6 +121,7 @@ enum ShellArg {
     Fish,
 }
 
+#[cfg(feature = "demo")]
 #[derive(Args)]
 struct DemoArgs {
     /// Use this PostgreSQL database instead of starting a throwaway server; the demo creates
@@ -267,14 +269,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             check::run(&config, &ProcessEnv, &mut out).await?;
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(feature = "demo")]
         Command::Demo(args) => {
-            let options = demo::DemoOptions {
+            let options = crate::demo::DemoOptions {
                 legacy_url: args.legacy_url,
                 users: args.users,
                 seed: args.seed,
             };
             let mut out = std::io::stdout().lock();
-            demo::run(&options, &mut out).await?;
+            crate::demo::run(&options, &mut out).await?;
             Ok(ExitCode::SUCCESS)
         }
     }

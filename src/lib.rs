@@ -9,17 +9,19 @@
 //! - [`legacy`]: streams the mapping query from the legacy PostgreSQL database (read only).
 //! - [`export`]: reads Auth0's user export (gzip or plain NDJSON).
 //! - [`check`]: the `check` command: proves a configuration works, writing nothing.
-//! - [`classify`]: the equality rules and the status of each user.
+//! - [`equality`]: the value rules (case, Auth0's generated defaults) every comparison uses.
+//! - [`classify`]: the status of each user and its differing fields.
 //! - [`baseline`]: canonical values and hashes of what both sides last agreed on.
 //! - [`state`]: the SQLite state file: runs, baselines, the push journal.
 //! - [`push`]: planning Auth0-acceptable PATCH requests and applying them journaled.
 //! - [`reconcile`]: one run: joins both sides, classifies, pushes, builds the report.
 //! - [`report`]: the report model and its table, JSON and NDJSON renderings.
 //! - [`metrics`]: the Prometheus metrics of docs/INTERFACE.md and the textfile writer.
-//! - [`simulator`]: a faithful Auth0 Management API simulator for tests, benchmarks and the demo.
-//! - [`demo`]: the `demo` command: the whole job on generated data.
+//! - `demo` (feature `demo`, on by default): the `demo` command: the whole job on generated
+//!   data, against the Auth0 simulator of the `driftsync-testkit` crate.
 //! - [`daemon`]: the scheduled worker: cron schedules, run lock, metrics endpoint, signals.
-//! - [`datagen`]: deterministic legacy rows and Auth0 exports for benchmarks, tests and demos.
+//!
+//! docs/ARCHITECTURE.md shows the layers these modules form and the rules between them.
 
 pub mod auth0;
 pub mod baseline;
@@ -28,7 +30,7 @@ pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod daemon;
-pub mod datagen;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod equality;
 mod error_text;
@@ -41,7 +43,6 @@ pub mod profile;
 pub mod push;
 pub mod reconcile;
 pub mod report;
-pub mod simulator;
 pub mod state;
 mod timestamp;
 pub mod tls;

@@ -10,8 +10,8 @@ use common::app::App;
 use common::tenant::{Tenant, fast_retries};
 use driftsync::auth0::export_job::{self, ExportOptions};
 use driftsync::auth0::{Auth0Error, EndpointClass};
-use driftsync::datagen;
-use driftsync::simulator::SimulatorConfig;
+use driftsync_testkit::datagen;
+use driftsync_testkit::simulator::SimulatorConfig;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 

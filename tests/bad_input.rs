@@ -10,9 +10,9 @@ mod common;
 
 use common::app::Run;
 use common::tenant::{TABLE, Tenant};
-use driftsync::datagen;
-use driftsync::simulator::{BadAnswer, BadAnswerKind, Faults, SimulatorConfig};
 use driftsync::state::StateStore;
+use driftsync_testkit::datagen;
+use driftsync_testkit::simulator::{BadAnswer, BadAnswerKind, Faults, SimulatorConfig};
 use serde_json::{Value, json};
 
 /// The arguments of every case: a push that would send stranded changes if it got that far.

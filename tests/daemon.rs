@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use common::app::App;
 use common::daemon::{Daemon, free_port};
 use common::tenant::{TABLE, Tenant};
-use driftsync::datagen::{self, DataSet};
-use driftsync::simulator::SimulatorConfig;
 use driftsync::state::StateStore;
+use driftsync_testkit::datagen::{self, DataSet};
+use driftsync_testkit::simulator::SimulatorConfig;
 
 const SUCCESS: &str = "driftsync_runs_total{kind=\"full\",outcome=\"success\"}";
 

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use common::app::{App, Run};
 use common::tenant::{TABLE, Tenant, fast_retries};
-use driftsync::datagen;
-use driftsync::simulator::{BucketLimit, Faults, JobFault, Limits, SimulatorConfig};
 use driftsync::state::StateStore;
+use driftsync_testkit::datagen;
+use driftsync_testkit::simulator::{BucketLimit, Faults, JobFault, Limits, SimulatorConfig};
 use serde_json::{Value, json};
 
 /// The rate-limit test measures pacing against wall-clock time, which a CPU starved by the

@@ -7,8 +7,8 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::tenant::{TABLE, Tenant};
-use driftsync::datagen;
-use driftsync::simulator::SimulatorConfig;
+use driftsync_testkit::datagen;
+use driftsync_testkit::simulator::SimulatorConfig;
 use serde_json::Value;
 
 fn users_with(report: &Value, status: &str) -> Vec<Value> {

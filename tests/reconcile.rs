@@ -427,7 +427,7 @@ async fn usage_errors_exit_one_not_two() {
 
 #[tokio::test]
 async fn a_generated_data_set_gives_exactly_the_expected_mix() {
-    use driftsync::datagen::{self, DataSet};
+    use driftsync_testkit::datagen::{self, DataSet};
     let app = App::new().await;
     let set = DataSet::new(5_000, 42);
     datagen::load_legacy(&app.db.client().await, &set, "users")

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use common::app::Run;
 use common::daemon::{Daemon, free_port};
 use common::tenant::Tenant;
-use driftsync::datagen;
-use driftsync::simulator::SimulatorConfig;
+use driftsync_testkit::datagen;
+use driftsync_testkit::simulator::SimulatorConfig;
 
 /// The legacy database password the tests put in `legacy.url`. The test cluster trusts
 /// loopback connections, so the password is carried everywhere a real one would be without

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use common::app::{App, Run};
 use common::tenant::fast_retries;
 use driftsync::auth0::{Auth0Client, EndpointClass, Settings};
-use driftsync::simulator::{
+use driftsync_testkit::simulator::{
     BucketLimit, ConnectionSettings, GetUserScript, Limits, Simulator, SimulatorConfig,
 };
 use serde_json::{Value, json};

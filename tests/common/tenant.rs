@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use driftsync::auth0::{Auth0Client, RetryPolicy, Settings};
-use driftsync::datagen::{self, DataSet};
-use driftsync::simulator::{Simulator, SimulatorConfig};
+use driftsync_testkit::datagen::{self, DataSet};
+use driftsync_testkit::simulator::{Simulator, SimulatorConfig};
 use serde_json::Value;
 
 use super::app::App;

@@ -1,7 +1,7 @@
 //! Writes a deterministic data set for benchmarks and manual runs:
 //!
 //! ```text
-//! cargo run --release --example datagen -- --users 100000 --seed 1 --out /tmp/ds
+//! cargo run --release -p driftsync-testkit --bin datagen -- --users 100000 --seed 1 --out /tmp/ds
 //! ```
 //!
 //! creates `schema.sql` (the legacy table), `legacy.copy` (rows in COPY text format),
@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use driftsync::datagen::{self, DataSet};
+use driftsync_testkit::datagen::{self, DataSet};
 
 #[derive(Parser)]
 struct Args {

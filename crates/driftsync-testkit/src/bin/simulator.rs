@@ -1,7 +1,7 @@
 //! Runs the Auth0 simulator as a process, for benchmarks and manual experiments:
 //!
 //! ```text
-//! cargo run --release --example simulator -- --users export.json.gz [--listen 127.0.0.1:8080]
+//! cargo run --release -p driftsync-testkit --bin simulator -- --users export.json.gz [--listen 127.0.0.1:8080]
 //! ```
 //!
 //! loads the users of an export file (NDJSON, gzip or plain) into the connection
@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use driftsync::simulator::{BucketLimit, Faults, Limits, Simulator, SimulatorConfig};
+use driftsync_testkit::simulator::{BucketLimit, Faults, Limits, Simulator, SimulatorConfig};
 
 #[derive(Parser)]
 struct Args {
@@ -63,7 +63,8 @@ async fn main() -> anyhow::Result<()> {
         ..Faults::default()
     });
     simulator.add_connection(&args.connection, args.import_mode);
-    let input = driftsync::export::open_file(&args.users)?;
+    let input = open_export(&args.users)
+        .with_context(|| format!("cannot open {}", args.users.display()))?;
     let loaded = simulator
         .load_ndjson(&args.connection, input)
         .with_context(|| format!("cannot load {}", args.users.display()))?;
@@ -100,4 +101,17 @@ async fn main() -> anyhow::Result<()> {
     }
     simulator.shutdown().await;
     Ok(())
+}
+
+/// The export file, decompressed when it starts with gzip's magic bytes.
+fn open_export(path: &std::path::Path) -> std::io::Result<Box<dyn BufRead>> {
+    let mut file = std::io::BufReader::new(std::fs::File::open(path)?);
+    let gzip = file.fill_buf()?.starts_with(&[0x1f, 0x8b]);
+    Ok(if gzip {
+        Box::new(std::io::BufReader::new(
+            flate2::bufread::MultiGzDecoder::new(file),
+        ))
+    } else {
+        Box::new(file)
+    })
 }

@@ -9,7 +9,24 @@
 
 use std::io::{self, Write};
 
-use crate::report::Summary;
+/// The report summary a run over a generated data set must produce: the same keys as
+/// driftsync's JSON report `summary` (compare them as JSON), without depending on driftsync.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Summary {
+    pub legacy_users: u64,
+    pub auth0_users: u64,
+    pub in_sync: u64,
+    pub stranded: u64,
+    pub auth0_ahead: u64,
+    pub conflict: u64,
+    pub stale_cache: u64,
+    pub not_migrated: u64,
+    pub orphaned: u64,
+    pub deleted_in_auth0: u64,
+    pub auth0_only: u64,
+    pub pushed: u64,
+    pub push_failed: u64,
+}
 
 /// The legacy table, named `table`.
 pub fn create_table(table: &str) -> String {
