@@ -13,9 +13,9 @@
 
 use std::collections::VecDeque;
 use std::io::BufRead;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::{Condvar, Mutex};
 
 use crate::baseline::{self, KeyValues, PackedBaselines};
 use crate::classify::{self, Rules, Status, Verdict};
@@ -41,21 +41,24 @@ const CHUNK_BYTES: usize = 256 * 1024;
 /// Parked lines kept at most, in bytes; beyond, the workers wait for the legacy side.
 pub const PARK_LIMIT_BYTES: usize = 64 << 20;
 
-/// Whether the legacy side has finished streaming into the table, and how.
+/// Whether the legacy side has finished streaming into the table, and how. Workers check
+/// `is_done` on their hot path (one atomic load) and block in `wait` on a condition variable
+/// when they must have every legacy row.
 #[derive(Debug, Default)]
 pub struct LegacyProgress {
     done: AtomicBool,
-    failed: AtomicBool,
+    /// `None` while the legacy rows stream; `Some(succeeded)` once the read has ended.
+    ended: Mutex<Option<bool>>,
+    ended_signal: Condvar,
     parked_bytes: AtomicUsize,
 }
 
 impl LegacyProgress {
     /// Called once the legacy read has ended, successfully or not.
     pub fn finish(&self, succeeded: bool) {
-        if !succeeded {
-            self.failed.store(true, Ordering::SeqCst);
-        }
+        *self.ended_lock() = Some(succeeded);
         self.done.store(true, Ordering::SeqCst);
+        self.ended_signal.notify_all();
     }
 
     fn is_done(&self) -> bool {
@@ -65,12 +68,27 @@ impl LegacyProgress {
     /// Waits for the end of the legacy read; false when it failed (its error is reported by
     /// the caller, so the join only stops).
     fn wait(&self) -> bool {
-        while !self.is_done() {
-            std::thread::sleep(std::time::Duration::from_millis(2));
+        let mut ended = self.ended_lock();
+        loop {
+            match *ended {
+                Some(succeeded) => return succeeded,
+                None => {
+                    ended = self
+                        .ended_signal
+                        .wait(ended)
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                }
+            }
         }
-        !self.failed.load(Ordering::SeqCst)
+    }
+
+    fn ended_lock(&self) -> std::sync::MutexGuard<'_, Option<bool>> {
+        self.ended
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
+
 /// What the join needs besides the two sides.
 pub struct JoinContext<'a> {
     pub rules: Rules<'a>,
