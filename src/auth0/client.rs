@@ -187,26 +187,78 @@ impl Auth0Client {
         url: Url,
         body: Option<&serde_json::Value>,
     ) -> Result<(StatusCode, Bytes), Auth0Error> {
+        let request = Request {
+            method: &method,
+            class,
+            endpoint,
+            url: url.as_str(),
+            body,
+            bearer: true,
+        };
+        self.exchange(request, |answer| {
+            if answer.status.is_success() || answer.status == StatusCode::NOT_FOUND {
+                check_answer(
+                    &method,
+                    endpoint,
+                    answer.status,
+                    answer.content_type.as_deref(),
+                    answer.rate_headers,
+                    &answer.bytes,
+                )?;
+                Ok((answer.status, answer.bytes))
+            } else {
+                Err(api_error(&method, endpoint, answer.status, &answer.bytes))
+            }
+        })
+        .await
+    }
+
+    /// The one path every request to Auth0 takes (the Management API and `/oauth/token`): the
+    /// rate limiter, the request, the metrics, 429s (waited out, up to `max_throttled`),
+    /// transport errors and 5xx answers (retried with backoff, up to `attempts`), a refused
+    /// certificate (never retried) and, with a bearer token, one renewal on 401. Any other
+    /// answer goes to `accept`, whose verdict is final.
+    async fn exchange<T>(
+        &self,
+        request: Request<'_>,
+        accept: impl Fn(Answer) -> Result<T, Auth0Error>,
+    ) -> Result<T, Auth0Error> {
+        let Request {
+            method,
+            class,
+            endpoint,
+            url,
+            body,
+            bearer,
+        } = request;
         let mut failures = 0u32;
         let mut throttled = 0u32;
         let mut renewed = false;
         loop {
-            let token = self.token().await?;
+            let token = if bearer {
+                Some(self.token().await?)
+            } else {
+                None
+            };
             let permit = self.limiter.acquire(class).await;
             if !permit.waited.is_zero() {
                 self.stats_lock().throttled_wait += permit.waited;
                 metrics::throttled(permit.waited);
             }
-            let mut request = self
+            let mut builder = self
                 .http
-                .request(method.clone(), url.clone())
-                .bearer_auth(token.expose_secret())
+                .request(method.clone(), url)
                 .timeout(self.retry.timeout);
-            if let Some(body) = body {
-                request = request.json(body);
+            if let Some(token) = &token {
+                builder = builder.bearer_auth(token.expose_secret());
             }
-            self.stats_lock().requests += 1;
-            let failure = match request.send().await {
+            if let Some(body) = body {
+                builder = builder.json(body);
+            }
+            if class != EndpointClass::Token {
+                self.stats_lock().requests += 1;
+            }
+            let failure = match builder.send().await {
                 Err(error) => {
                     self.limiter.abandon(&permit);
                     metrics::api_request(endpoint, "error");
@@ -223,17 +275,15 @@ impl Auth0Client {
                     let status = response.status();
                     let info = limiter::rate_info(response.headers());
                     metrics::api_request(endpoint, status.as_str());
-                    if let Some(info) = info {
+                    // The gauge is the Management API's bucket; the token endpoint's is apart.
+                    if let Some(info) = info.filter(|_| class != EndpointClass::Token) {
                         metrics::rate_limit_remaining(info.remaining);
                     }
                     if status == StatusCode::TOO_MANY_REQUESTS {
                         let wait = limiter::throttle_wait(response.headers(), info);
                         self.limiter.observe(&permit, info, Some(wait));
                         throttled += 1;
-                        {
-                            let mut stats = self.stats_lock();
-                            stats.throttled += 1;
-                        }
+                        self.stats_lock().throttled += 1;
                         tracing::debug!(
                             endpoint,
                             wait_ms = wait.as_millis() as u64,
@@ -258,26 +308,23 @@ impl Auth0Client {
                             "the answer broke off: {}",
                             self.transport_detail(error)
                         )),
-                        Ok(bytes) if status == StatusCode::UNAUTHORIZED && !renewed => {
+                        Ok(_) if status == StatusCode::UNAUTHORIZED && bearer && !renewed => {
                             renewed = true;
-                            self.forget_token(&token).await;
+                            if let Some(token) = &token {
+                                self.forget_token(token).await;
+                            }
                             tracing::debug!(endpoint, "token refused (401): fetching a new one");
-                            let _ = bytes;
                             continue;
                         }
                         Ok(bytes) if status.is_server_error() => Failure::Server(status, bytes),
-                        Ok(bytes) if status.is_success() || status == StatusCode::NOT_FOUND => {
-                            check_answer(
-                                &method,
-                                endpoint,
+                        Ok(bytes) => {
+                            return accept(Answer {
                                 status,
-                                content_type.as_deref(),
-                                info.is_some(),
-                                &bytes,
-                            )?;
-                            return Ok((status, bytes));
+                                rate_headers: info.is_some(),
+                                content_type,
+                                bytes,
+                            });
                         }
-                        Ok(bytes) => return Err(api_error(&method, endpoint, status, &bytes)),
                     }
                 }
             };
@@ -290,7 +337,7 @@ impl Auth0Client {
                         attempts: failures,
                         detail,
                     },
-                    Failure::Server(status, bytes) => api_error(&method, endpoint, status, &bytes),
+                    Failure::Server(status, bytes) => api_error(method, endpoint, status, &bytes),
                 });
             }
             let wait = self.retry.backoff(failures);
@@ -308,7 +355,8 @@ impl Auth0Client {
         {
             return Ok(token.value.clone());
         }
-        let fresh = self.fetch_token().await?;
+        // Boxed: fetching goes through `exchange`, which comes here for a bearer token.
+        let fresh = Box::pin(self.fetch_token()).await?;
         let value = fresh.value.clone();
         *slot = Some(fresh);
         Ok(value)
@@ -335,88 +383,51 @@ impl Auth0Client {
             "client_secret": self.settings.client_secret.expose_secret(),
             "audience": self.settings.audience,
         });
-        let mut failures = 0;
-        loop {
-            let permit = self.limiter.acquire(EndpointClass::Token).await;
-            let started = Instant::now();
-            let result = self
-                .http
-                .post(&url)
-                .json(&body)
-                .timeout(self.retry.timeout)
-                .send()
-                .await;
-            let detail = match result {
-                Err(error) => {
-                    self.limiter.abandon(&permit);
-                    metrics::api_request("/oauth/token", "error");
-                    if let Some(detail) = certificate_problem(&error) {
-                        return Err(Auth0Error::Certificate {
-                            method: "POST".into(),
-                            endpoint: "/oauth/token",
-                            detail,
-                        });
-                    }
-                    self.transport_detail(error)
+        let started = Instant::now();
+        let request = Request {
+            method: &Method::POST,
+            class: EndpointClass::Token,
+            endpoint: "/oauth/token",
+            url: &url,
+            body: Some(&body),
+            bearer: false,
+        };
+        let token = self
+            .exchange(request, |answer| {
+                if !answer.status.is_success() {
+                    let parsed: ErrorBody =
+                        serde_json::from_slice(&answer.bytes).unwrap_or_default();
+                    return Err(Auth0Error::TokenRejected {
+                        status: answer.status.as_u16(),
+                        message: parsed
+                            .error_description
+                            .or(parsed.message)
+                            .or(parsed.error)
+                            .unwrap_or_else(|| snippet(&answer.bytes)),
+                    });
                 }
-                Ok(response) => {
-                    let status = response.status();
-                    metrics::api_request("/oauth/token", status.as_str());
-                    let info = limiter::rate_info(response.headers());
-                    let throttle = (status == StatusCode::TOO_MANY_REQUESTS)
-                        .then(|| limiter::throttle_wait(response.headers(), info));
-                    self.limiter.observe(&permit, info, throttle);
-                    let content_type = response
-                        .headers()
-                        .get(reqwest::header::CONTENT_TYPE)
-                        .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
-                    let bytes = response.bytes().await.unwrap_or_default();
-                    if status.is_success() {
-                        // The token endpoint has its own limits and may omit rate-limit headers.
-                        check_answer(
-                            &Method::POST,
-                            "/oauth/token",
-                            status,
-                            content_type.as_deref(),
-                            true,
-                            &bytes,
-                        )?;
-                        let answer: TokenAnswer = decode(&Method::POST, "/oauth/token", &bytes)?;
-                        let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(86_400));
-                        // Renew a tenth of the lifetime early (at most a minute), so a request
-                        // never leaves with a token that expires on its way.
-                        let margin = (lifetime / 10).min(Duration::from_secs(60));
-                        self.stats_lock().tokens_fetched += 1;
-                        return Ok(Token {
-                            value: SecretString::from(answer.access_token),
-                            renew_at: started + lifetime - margin,
-                        });
-                    }
-                    if status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS {
-                        let parsed: ErrorBody = serde_json::from_slice(&bytes).unwrap_or_default();
-                        return Err(Auth0Error::TokenRejected {
-                            status: status.as_u16(),
-                            message: parsed
-                                .error_description
-                                .or(parsed.message)
-                                .or(parsed.error)
-                                .unwrap_or_else(|| snippet(&bytes)),
-                        });
-                    }
-                    format!("{status}")
-                }
-            };
-            failures += 1;
-            if failures >= self.retry.attempts {
-                return Err(Auth0Error::Transport {
-                    method: "POST".into(),
-                    endpoint: "/oauth/token",
-                    attempts: failures,
-                    detail,
-                });
-            }
-            tokio::time::sleep(self.retry.backoff(failures)).await;
-        }
+                // The token endpoint has its own limits and may omit rate-limit headers.
+                check_answer(
+                    &Method::POST,
+                    "/oauth/token",
+                    answer.status,
+                    answer.content_type.as_deref(),
+                    true,
+                    &answer.bytes,
+                )?;
+                let answer: TokenAnswer = decode(&Method::POST, "/oauth/token", &answer.bytes)?;
+                let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(86_400));
+                // Renew a tenth of the lifetime early (at most a minute), so a request never
+                // leaves with a token that expires on its way.
+                let margin = (lifetime / 10).min(Duration::from_secs(60));
+                Ok(Token {
+                    value: SecretString::from(answer.access_token),
+                    renew_at: started + lifetime - margin,
+                })
+            })
+            .await?;
+        self.stats_lock().tokens_fetched += 1;
+        Ok(token)
     }
 
     /// GETs a download link (no token: the link is signed). `offset` resumes with a Range.
@@ -507,6 +518,27 @@ pub enum DownloadFailure {
     /// Worth another try after a backoff.
     Retry(String),
     Fatal(String),
+}
+
+/// One request to send through [`Auth0Client::exchange`].
+struct Request<'a> {
+    method: &'a Method,
+    class: EndpointClass,
+    /// The endpoint's template, for metrics and messages.
+    endpoint: &'static str,
+    url: &'a str,
+    body: Option<&'a serde_json::Value>,
+    /// Whether it carries the Management API token (renewed once on a 401).
+    bearer: bool,
+}
+
+/// An answer `exchange` does not handle itself (not a 429, not a 5xx, not the 401 it renews
+/// the token for).
+struct Answer {
+    status: StatusCode,
+    rate_headers: bool,
+    content_type: Option<String>,
+    bytes: Bytes,
 }
 
 enum Failure {
