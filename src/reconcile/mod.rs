@@ -646,19 +646,22 @@ impl PushPhase<'_> {
             refuse(users, by_index.keys().copied(), &refusal);
             return Ok(None);
         }
-        let tasks: Vec<PushTask> = by_index
-            .iter()
-            .map(|(&index, &plan_index)| PushTask {
+        let mut tasks: Vec<PushTask> = Vec::with_capacity(by_index.len());
+        for (&index, &plan_index) in &by_index {
+            // `join` wrote each from a JSON object, so they parse; were one not to, sending the
+            // others alone would push part of a change and journal it as whole.
+            let bodies = planned[plan_index]
+                .bodies
+                .iter()
+                .map(|body| serde_json::from_str(body))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| ReconcileError::Internal("a planned PATCH body is not JSON"))?;
+            tasks.push(PushTask {
                 index,
                 auth0_id: planned[plan_index].auth0_id.clone(),
-                bodies: planned[plan_index]
-                    .bodies
-                    .iter()
-                    // `join` wrote each from a JSON object: they parse.
-                    .filter_map(|body| serde_json::from_str(body).ok())
-                    .collect(),
-            })
-            .collect();
+                bodies,
+            });
+        }
         // A request the stopped run sent may have landed after the export this run read was
         // taken: what the fresher profile read while resolving its journal entry already
         // shows is not sent again.
