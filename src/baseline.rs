@@ -498,7 +498,7 @@ fn next_entry(bytes: &[u8]) -> Option<((StoredKey<'_>, i64), &[u8])> {
     let (key, rest) = if tag < METADATA_TAG {
         (StoredKey::Field(Field::from_index(tag)?), rest)
     } else {
-        let (len, rest) = crate::profile::read_len(rest)?;
+        let (len, rest) = crate::codec::read_varint(rest)?;
         let (name, rest) = rest.split_at_checked(len)?;
         let name = std::str::from_utf8(name).ok()?;
         if tag == RAW_TAG {
@@ -556,12 +556,12 @@ fn append_pairs<'a>(packed: &mut Vec<u8>, entries: impl IntoIterator<Item = (&'a
             Some((field, None)) => packed.push(field.index() as u8),
             Some((field, Some(name))) => {
                 packed.push(METADATA_TAG | field.index() as u8);
-                crate::profile::write_len(packed, name.len());
+                crate::codec::write_varint(packed, name.len());
                 packed.extend_from_slice(name.as_bytes());
             }
             None => {
                 packed.push(RAW_TAG);
-                crate::profile::write_len(packed, key.len());
+                crate::codec::write_varint(packed, key.len());
                 packed.extend_from_slice(key.as_bytes());
             }
         }

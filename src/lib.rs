@@ -28,6 +28,7 @@ pub mod baseline;
 pub mod check;
 pub mod classify;
 pub mod cli;
+pub mod codec;
 pub mod config;
 pub mod daemon;
 #[cfg(feature = "demo")]

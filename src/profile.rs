@@ -201,21 +201,8 @@ impl LegacyRecordBuilder {
 
     fn push(&mut self, tag: u8, bytes: &[u8]) {
         self.bytes.push(tag);
-        write_len(&mut self.bytes, bytes.len());
+        crate::codec::write_varint(&mut self.bytes, bytes.len());
         self.bytes.extend_from_slice(bytes);
-    }
-}
-
-/// Appends `len` as LEB128 (7 bits per byte, low first).
-pub(crate) fn write_len(out: &mut Vec<u8>, mut len: usize) {
-    loop {
-        let low = (len & 0x7F) as u8;
-        len >>= 7;
-        if len == 0 {
-            out.push(low);
-            return;
-        }
-        out.push(low | 0x80);
     }
 }
 
@@ -255,7 +242,7 @@ impl<'a> LegacyView<'a> {
         // The builder is the only writer, so the encoding is well formed; a short read simply
         // ends the walk instead of panicking.
         while let Some((&tag, after_tag)) = rest.split_first() {
-            let Some((len, after_len)) = read_len(after_tag) else {
+            let Some((len, after_len)) = crate::codec::read_varint(after_tag) else {
                 break;
             };
             let Some((bytes, after_value)) = after_len.split_at_checked(len) else {
@@ -280,18 +267,6 @@ impl<'a> LegacyView<'a> {
         }
         view
     }
-}
-
-/// Reads a LEB128 length written by [`write_len`]; `None` when the bytes end first.
-pub(crate) fn read_len(bytes: &[u8]) -> Option<(usize, &[u8])> {
-    let mut len = 0usize;
-    for (i, &byte) in bytes.iter().enumerate().take(10) {
-        len |= usize::from(byte & 0x7F) << (7 * i);
-        if byte & 0x80 == 0 {
-            return Some((len, &bytes[i + 1..]));
-        }
-    }
-    None
 }
 
 fn utf8(bytes: &[u8]) -> &str {

@@ -58,43 +58,18 @@ fn next_user<'a>(body: &'a [u8], at: &mut usize) -> Result<(&'a str, &'a [u8]), 
 }
 
 fn next_field<'a>(body: &'a [u8], at: &mut usize) -> Result<&'a [u8], Damaged> {
-    let mut length = 0usize;
-    let mut shift = 0;
-    loop {
-        let byte = *body.get(*at).ok_or(Damaged {
-            at: *at,
-            what: "a length is cut short",
-        })?;
-        *at += 1;
-        if shift > 56 {
-            return Err(Damaged {
-                at: *at,
-                what: "a length is too long",
-            });
-        }
-        length |= usize::from(byte & 0x7f) << shift;
-        shift += 7;
-        if byte & 0x80 == 0 {
-            break;
-        }
-    }
-    let field = body
-        .get(*at..)
-        .and_then(|rest| rest.get(..length))
-        .ok_or(Damaged {
-            at: *at,
-            what: "a value runs past the end",
-        })?;
+    let rest = body.get(*at..).unwrap_or_default();
+    let (length, after) = crate::codec::read_varint(rest).ok_or(Damaged {
+        at: *at,
+        what: "a length is cut short or too long",
+    })?;
+    *at += rest.len() - after.len();
+    let field = after.get(..length).ok_or(Damaged {
+        at: *at,
+        what: "a value runs past the end",
+    })?;
     *at += length;
     Ok(field)
-}
-
-fn push_length(body: &mut Vec<u8>, mut length: usize) {
-    while length >= 0x80 {
-        body.push((length as u8) | 0x80);
-        length >>= 7;
-    }
-    body.push(length as u8);
 }
 
 /// The `baseline_chunks` statements of one write transaction.
@@ -223,9 +198,9 @@ impl ChunkWriter {
             self.first_id.clear();
             self.first_id.push_str(id);
         }
-        push_length(&mut self.body, id.len());
+        crate::codec::write_varint(&mut self.body, id.len());
         self.body.extend_from_slice(id.as_bytes());
-        push_length(&mut self.body, set.len());
+        crate::codec::write_varint(&mut self.body, set.len());
         self.body.extend_from_slice(set);
         self.users += 1;
         if self.users == CHUNK_USERS {
@@ -366,9 +341,9 @@ mod tests {
     #[test]
     fn a_damaged_body_is_an_error_not_a_shorter_list() {
         let mut body = Vec::new();
-        push_length(&mut body, 3);
+        crate::codec::write_varint(&mut body, 3);
         body.extend_from_slice(b"abc");
-        push_length(&mut body, 300);
+        crate::codec::write_varint(&mut body, 300);
         body.extend_from_slice(&[0; 10]);
         let decoded: Vec<_> = users(&body).collect();
         assert_eq!(decoded.len(), 1);
