@@ -32,7 +32,8 @@ const EXIT_NEEDS_ACTION: u8 = 2;
         New here? `driftsync demo` shows the whole job on generated data.\n\n\
         Exit codes: 0 nothing to act on; 2 stranded, conflict, orphaned or deleted_in_auth0 \
         users remain; 1 error.",
-    after_help = "Configuration keys are documented in config/driftsync.example.toml. \
+    after_help = "Configuration keys are documented in config/driftsync.example.toml (installed \
+        by the Debian package as /usr/share/doc/driftsync/examples/driftsync.example.toml). \
         Logs go to stderr; set DRIFTSYNC_LOG (e.g. DRIFTSYNC_LOG=debug) to change their level."
 )]
 struct Cli {
