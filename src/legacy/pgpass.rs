@@ -53,14 +53,8 @@ pub fn lookup(path: &Path, config: &tokio_postgres::Config) -> Lookup {
     };
     let user = config.get_user().unwrap_or_default();
     let database = config.get_dbname().unwrap_or(user);
-    let ports = config.get_ports();
     for (index, host) in config.get_hosts().iter().enumerate() {
-        let port = match ports {
-            [] => 5432,
-            [one] => *one,
-            many => many.get(index).copied().unwrap_or(5432),
-        }
-        .to_string();
+        let port = super::target::port_of_host(config, index).to_string();
         let hosts: Vec<String> = match host {
             Host::Tcp(name) => vec![name.clone()],
             Host::Unix(dir) => vec!["localhost".to_owned(), dir.display().to_string()],

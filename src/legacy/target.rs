@@ -318,14 +318,7 @@ impl Target {
 
     /// `host:port` of every host, comma-separated; a socket directory stands for itself.
     pub fn endpoints(&self) -> String {
-        let ports = self.config.get_ports();
-        let port_of = |index: usize| -> u16 {
-            match ports {
-                [] => 5432,
-                [one] => *one,
-                many => many.get(index).copied().unwrap_or(5432),
-            }
-        };
+        let port_of = |index: usize| port_of_host(&self.config, index);
         let mut text = String::new();
         let hosts = self.config.get_hosts();
         for (index, host) in hosts.iter().enumerate() {
@@ -356,6 +349,16 @@ impl Target {
         !hosts.is_empty()
             && self.config.get_hostaddrs().is_empty()
             && hosts.iter().all(|host| matches!(host, Host::Unix(_)))
+    }
+}
+
+/// The port of the `index`-th host, as libpq pairs them: none given means 5432, one port
+/// serves every host, otherwise one port per host.
+pub(super) fn port_of_host(config: &tokio_postgres::Config, index: usize) -> u16 {
+    match config.get_ports() {
+        [] => 5432,
+        [one] => *one,
+        many => many.get(index).copied().unwrap_or(5432),
     }
 }
 
