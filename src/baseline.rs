@@ -2,10 +2,9 @@
 //! per *key* — a root field such as `email`, or one first-level key of a metadata object such as
 //! `user_metadata.lang` — as a stable 64-bit hash of its canonical form.
 //!
-//! The canonical form applies the equality rules, so two values that compare equal always hash
-//! the same: `""` and NULL are no value, emails and usernames are lower-cased, a missing boolean
-//! is `false`, a value Auth0 generates as a default counts as no value (on either side), JSON
-//! numbers are written by value and objects with sorted keys. With a baseline B, a differing key
+//! Each hash is of the key's canonical form (`equality::canonical`, the one equality rule), so
+//! two values that compare equal always hash the same and the classification's field diff,
+//! read off these hashes, agrees with them by construction. With a baseline B, a differing key
 //! changed on the legacy side when Auth0 still equals B, on the Auth0 side when legacy still
 //! equals B, and on both when neither does.
 //!
@@ -17,7 +16,7 @@ use std::borrow::Cow;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value as Json};
 
-use crate::equality::is_generated_default;
+use crate::equality::{canonical, canonical_member};
 use crate::profile::{Field, Kind, Profile, Value};
 
 /// Which side changed a differing key since its baseline.
@@ -69,8 +68,13 @@ pub fn key_values(
                 for name in names {
                     keys.push(KeyValues {
                         key: metadata_key_name(field, name),
-                        legacy: hash(legacy_object.get(name).and_then(canonical_raw).as_deref()),
-                        auth0: hash(auth0_object.get(name).and_then(canonical_raw).as_deref()),
+                        legacy: hash(
+                            legacy_object
+                                .get(name)
+                                .and_then(canonical_member)
+                                .as_deref(),
+                        ),
+                        auth0: hash(auth0_object.get(name).and_then(canonical_member).as_deref()),
                     });
                 }
             }
@@ -142,31 +146,6 @@ fn metadata_key_name(field: Field, name: &str) -> Cow<'static, str> {
     })
 }
 
-/// The canonical form of a root field on one side.
-fn canonical<'p>(field: Field, own: &'p Profile<'_>, other: &Profile<'_>) -> Option<Cow<'p, str>> {
-    match field.kind() {
-        Kind::Bool => {
-            let value = matches!(own.get(field), Some(Value::Bool(true)));
-            Some(Cow::Borrowed(if value { "true" } else { "false" }))
-        }
-        Kind::Text => {
-            let text = own.text(field).filter(|text| !text.is_empty())?;
-            // On both sides, as `classify::diff` compares: otherwise a legacy value equal to
-            // Auth0's generated one would hash differently from that same value.
-            if is_generated_default(field, text, other, own) {
-                return None;
-            }
-            if field.ignores_case()
-                && (!text.is_ascii() || text.bytes().any(|b| b.is_ascii_uppercase()))
-            {
-                return Some(Cow::Owned(text.to_lowercase()));
-            }
-            Some(Cow::Borrowed(text))
-        }
-        Kind::Object => None,
-    }
-}
-
 /// A metadata value as an object; text that does not parse counts as no keys rather than
 /// inventing a difference (both readers only store text that starts as an object).
 pub(crate) fn object(value: Option<&Value<'_>>) -> Map<String, Json> {
@@ -228,81 +207,6 @@ impl<'de: 'a, 'a> serde::Deserialize<'de> for RawObject<'a> {
             }
         }
         deserializer.deserialize_map(Visitor(std::marker::PhantomData))
-    }
-}
-
-/// The canonical form of a raw JSON value: strings without escapes, booleans and short
-/// integers are canonical as written; anything else goes through [`canonical_json`].
-fn canonical_raw(raw: &RawValue) -> Option<Cow<'_, str>> {
-    let text = raw.get().trim();
-    let simple = match text.as_bytes().first() {
-        Some(b'"') => !text.contains('\\'),
-        Some(b't' | b'f') => true,
-        Some(b'n') => return None,
-        Some(b'-' | b'0'..=b'9') => {
-            let digits = text.strip_prefix('-').unwrap_or(text);
-            digits.len() <= 15
-                && digits.bytes().all(|byte| byte.is_ascii_digit())
-                && !(digits.len() > 1 && digits.starts_with('0'))
-                && text != "-0"
-        }
-        _ => false,
-    };
-    if simple {
-        return Some(Cow::Borrowed(text));
-    }
-    // A valid JSON value can still fail to become a tree (a number beyond f64, as `numeric`
-    // holds; an object keyed by serde_json's private raw-value token): it is kept as written
-    // rather than taken for no value, which would hide a difference.
-    match serde_json::from_str::<Json>(text) {
-        Ok(value) => canonical_json(&value).map(Cow::Owned),
-        Err(_) => Some(Cow::Borrowed(text)),
-    }
-}
-
-/// JSON written canonically (sorted keys, numbers by value); `null` is no value.
-fn canonical_json(value: &Json) -> Option<String> {
-    if value.is_null() {
-        return None;
-    }
-    let mut out = String::new();
-    write_canonical(value, &mut out);
-    Some(out)
-}
-
-fn write_canonical(value: &Json, out: &mut String) {
-    match value {
-        Json::Number(number) => match (number.as_i64(), number.as_f64()) {
-            (Some(integer), _) => out.push_str(&integer.to_string()),
-            (None, Some(float)) if float.fract() == 0.0 && float.abs() < 9.0e15 => {
-                out.push_str(&(float as i64).to_string())
-            }
-            _ => out.push_str(&number.to_string()),
-        },
-        Json::Array(items) => {
-            out.push('[');
-            for (index, item) in items.iter().enumerate() {
-                if index > 0 {
-                    out.push(',');
-                }
-                write_canonical(item, out);
-            }
-            out.push(']');
-        }
-        Json::Object(map) => {
-            // serde_json's Map keeps keys sorted (no `preserve_order`), so this is canonical.
-            out.push('{');
-            for (index, (key, item)) in map.iter().enumerate() {
-                if index > 0 {
-                    out.push(',');
-                }
-                out.push_str(&Json::String(key.clone()).to_string());
-                out.push(':');
-                write_canonical(item, out);
-            }
-            out.push('}');
-        }
-        other => out.push_str(&other.to_string()),
     }
 }
 
@@ -757,59 +661,15 @@ mod tests {
     const PINNED_A: i64 = 589_763_776_587_810_007;
 
     #[test]
-    fn raw_values_canonicalize_like_parsed_ones() {
-        for text in [
-            r#""plain""#,
-            r#""esc\u00e9""#,
-            "true",
-            "12",
-            "-3",
-            "1.0",
-            "1e2",
-            "-0",
-            "123456789012345678901",
-            r#"{"b":1,"a":[1.0,"x"]}"#,
-            "[1, 2]",
-        ] {
-            let raw: Box<RawValue> = serde_json::from_str(text).unwrap();
-            let parsed: Json = serde_json::from_str(text).unwrap();
-            assert_eq!(
-                canonical_raw(&raw).map(Cow::into_owned),
-                canonical_json(&parsed),
-                "{text}"
-            );
-        }
-        let null: Box<RawValue> = serde_json::from_str("null").unwrap();
-        assert_eq!(canonical_raw(&null), None);
-    }
-
-    #[test]
-    fn spellings_of_one_float_have_one_canonical_form() {
-        // Found by the classify fuzz target: without serde_json's `float_roundtrip`, some long
-        // mantissas parsed one unit in the last place off, so the same number written with a
-        // trailing zero (as PostgreSQL's numeric keeps it), or parsed and written again (as
-        // Auth0 stores metadata), had two canonical forms and showed as a difference.
-        let canonical_of = |text: &str| {
-            let raw: Box<RawValue> = serde_json::from_str(text).unwrap();
-            canonical_raw(&raw).map(Cow::into_owned)
-        };
-        for (written, same) in [
-            ("-1.0851508951498214e-277", "-1.08515089514982140e-277"),
-            ("7.284003528366592e-304", "72.84003528366592e-305"),
-        ] {
-            assert_eq!(canonical_of(written), canonical_of(same), "{written}");
-            let rewritten = serde_json::from_str::<Json>(written).unwrap().to_string();
-            assert_eq!(canonical_of(written), canonical_of(&rewritten), "{written}");
-        }
-    }
-
-    #[test]
     fn a_value_serde_json_cannot_build_is_still_a_value() {
         // Found by the classify fuzz target: such values canonicalized to "no value", so
         // they equalled a missing Auth0 key.
         for text in ["1e400", r#"{"$serde_json::private::RawValue":1}"#] {
             let raw: Box<RawValue> = serde_json::from_str(text).unwrap();
-            assert_eq!(canonical_raw(&raw).as_deref(), Some(text));
+            assert_eq!(
+                crate::equality::canonical_member(&raw).as_deref(),
+                Some(text)
+            );
         }
         let legacy = profile(&[(
             Field::UserMetadata,

@@ -10,7 +10,6 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value as Json};
 
 use crate::baseline::{self, Change, KeyValues, PackedBaselines, StoredKey};
-use crate::equality::{equal_ignoring_case, is_generated_default};
 use crate::profile::Auth0User;
 use crate::profile::{Field, Kind, LegacyView, Profile, Value};
 
@@ -306,8 +305,9 @@ fn auth0_only(rules: &Rules<'_>, auth0: &Auth0User<'_>, baseline: UserBaseline<'
     }
 }
 
-/// The report's per-field differences: root fields with both values, metadata fields with the
-/// differing first-level keys only.
+/// The report's per-field differences, read off the differing keys (so a field differs here
+/// exactly when its hashes do): root fields with both values, metadata fields with the differing
+/// first-level keys only.
 fn report_diffs(
     fields: &[Field],
     legacy: &Profile<'_>,
@@ -318,7 +318,12 @@ fn report_diffs(
     let mut diffs = Vec::new();
     for &field in fields {
         if field.kind() != Kind::Object {
-            diffs.extend(diff(field, legacy, auth0));
+            if differing
+                .iter()
+                .any(|&index| keys[index].key == field.name())
+            {
+                diffs.push(root_diff(field, legacy, auth0));
+            }
             continue;
         }
         let prefix = format!("{}.", field.name());
@@ -353,49 +358,26 @@ fn report_diffs(
     diffs
 }
 
-/// Compares one field; `None` when the two sides count as equal.
-pub fn diff(field: Field, legacy: &Profile<'_>, auth0: &Profile<'_>) -> Option<FieldDiff> {
-    match field.kind() {
-        Kind::Text => {
-            let legacy_text = non_empty(legacy.text(field));
-            let auth0_text = non_empty(auth0.text(field));
-            // A generated default counts as no value on either side, as in the canonical form
-            // the baselines hash: were it excused on the Auth0 side only, a legacy name equal
-            // to the email would differ from the very same Auth0 name in the hashes but not
-            // here, and such a user would be reported stranded with no differing field.
-            let generated = |text: &&str| is_generated_default(field, text, legacy, auth0);
-            let equal = match (
-                legacy_text.filter(|text| !generated(text)),
-                auth0_text.filter(|text| !generated(text)),
-            ) {
-                (None, None) => true,
-                (Some(l), Some(a)) if field.ignores_case() => equal_ignoring_case(l, a),
-                (Some(l), Some(a)) => l == a,
-                _ => false,
-            };
-            (!equal).then(|| FieldDiff {
-                field,
-                legacy: ReportValue::of(&legacy_text),
-                auth0: ReportValue::of(&auth0_text),
-            })
-        }
-        Kind::Bool => {
-            // Auth0 omits `blocked` unless true and defaults `email_verified` to false, so a
-            // missing value on either side means false.
-            let legacy_value = boolean(legacy.get(field));
-            let auth0_value = boolean(auth0.get(field));
-            (legacy_value.unwrap_or(false) != auth0_value.unwrap_or(false)).then(|| FieldDiff {
-                field,
-                legacy: ReportValue::of(&legacy_value),
-                auth0: ReportValue::of(&auth0_value),
-            })
-        }
-        Kind::Object => {
-            let keys = baseline::key_values(&[field], legacy, auth0, &[]);
-            let differing: Vec<usize> = (0..keys.len()).filter(|&i| keys[i].differs()).collect();
-            report_diffs(&[field], legacy, auth0, &keys, &differing).pop()
-        }
+/// A differing root field's two values as the report shows them: text as written (`""` shown
+/// as none), booleans as given (Auth0 omits `blocked` unless true).
+fn root_diff(field: Field, legacy: &Profile<'_>, auth0: &Profile<'_>) -> FieldDiff {
+    let value = |profile: &Profile<'_>| match field.kind() {
+        Kind::Bool => ReportValue::of(&boolean(profile.get(field))),
+        _ => ReportValue::of(&non_empty(profile.text(field))),
+    };
+    FieldDiff {
+        field,
+        legacy: value(legacy),
+        auth0: value(auth0),
     }
+}
+
+/// Compares one field; `None` when the two sides count as equal under the equality rules
+/// (`equality::canonical`, the same form the baselines hash).
+pub fn diff(field: Field, legacy: &Profile<'_>, auth0: &Profile<'_>) -> Option<FieldDiff> {
+    let keys = baseline::key_values(&[field], legacy, auth0, &[]);
+    let differing: Vec<usize> = (0..keys.len()).filter(|&i| keys[i].differs()).collect();
+    report_diffs(&[field], legacy, auth0, &keys, &differing).pop()
 }
 
 fn non_empty(text: Option<&str>) -> Option<&str> {
