@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth0::{Auth0Client, Auth0Error, EndpointClass};
 use crate::equality::equal_ignoring_case;
 use crate::profile::Field;
+use crate::push::plan::Push;
 use crate::state::{JournalState, StateError, StateStore};
 use crate::timestamp;
 
@@ -28,15 +29,6 @@ pub const DEFAULT_CONCURRENCY: usize = 12;
 
 /// How long requests in flight may take to finish after a stop request.
 pub const STOP_GRACE: Duration = Duration::from_secs(7);
-
-/// One user's requests.
-#[derive(Debug, Clone)]
-pub struct PushTask {
-    /// Index of the user in the report.
-    pub index: usize,
-    pub auth0_id: String,
-    pub bodies: Vec<Map<String, Json>>,
-}
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -75,31 +67,31 @@ async fn journal<T: Send + 'static>(
     .map_err(ApplyError::from)
 }
 
-/// Applies every task; returns each task's outcome by its report index.
+/// Applies every push (each with the index of its user in the report); returns each push's
+/// outcome by that index.
 pub async fn apply(
     client: Arc<Auth0Client>,
     store: Store,
     run_id: &str,
-    tasks: Vec<PushTask>,
+    pushes: Vec<(usize, &Push)>,
     concurrency: usize,
     stop: CancellationToken,
 ) -> Result<Vec<(usize, Outcome)>, ApplyError> {
     let run_id: Arc<str> = Arc::from(run_id);
-    let results: Vec<Result<(usize, Outcome), ApplyError>> = futures_util::stream::iter(tasks)
-        .map(|task| {
+    let results: Vec<Result<(usize, Outcome), ApplyError>> = futures_util::stream::iter(pushes)
+        .map(|(index, push)| {
             let client = client.clone();
             let store = store.clone();
             let run_id = run_id.clone();
             let stop = stop.clone();
             async move {
-                let index = task.index;
                 if stop.is_cancelled() {
                     return Ok((
                         index,
                         Outcome::NotSent("the run was stopped before this push was sent".into()),
                     ));
                 }
-                push_user(&client, &store, &run_id, task, &stop)
+                push_user(&client, &store, &run_id, push, &stop)
                     .await
                     .map(|outcome| (index, outcome))
             }
@@ -114,21 +106,21 @@ async fn push_user(
     client: &Auth0Client,
     store: &Store,
     run_id: &Arc<str>,
-    task: PushTask,
+    push: &Push,
     stop: &CancellationToken,
 ) -> Result<Outcome, ApplyError> {
-    for body in task.bodies {
-        let text = Json::Object(body.clone()).to_string();
-        let (run, user) = (run_id.to_string(), task.auth0_id.clone());
+    for body in &push.bodies {
+        let body = Json::Object(body.clone());
+        let text = body.to_string();
+        let (run, user) = (run_id.to_string(), push.auth0_id.clone());
         let entry = journal(store, move |store| {
             store.journal_plan(&run, &user, &text, &timestamp::now_rfc3339())
         })
         .await?;
-        let url = match client.api_url(&["users", &task.auth0_id]) {
+        let url = match client.api_url(&["users", &push.auth0_id]) {
             Ok(url) => url,
             Err(error) => return fail(store, entry, error).await,
         };
-        let body = Json::Object(body);
         let send = client.send(
             Method::PATCH,
             EndpointClass::UsersWrite,

@@ -14,7 +14,7 @@
 
 use serde_json::{Map, Value as Json};
 
-use crate::baseline::KeyValues;
+use crate::baseline::{self, KeyValues, PackedBaselines, Seen};
 use crate::config::PushedEmailVerified;
 use crate::profile::{Field, Kind, Profile, Value};
 
@@ -71,24 +71,75 @@ impl PushPolicy {
     }
 }
 
-/// The requests for one user, and what could not be sent.
-#[derive(Debug, Clone, PartialEq)]
-pub struct UserPlan {
-    /// One or more PATCH bodies, sent in order.
+/// One user's push, the one type it is from planning to the journal: whom it is for, the
+/// requests, what could not be sent, and what its success records in the baselines.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Push {
+    pub auth0_id: String,
+    pub legacy_id: String,
+    /// The PATCH bodies, sent in order; none when nothing needs sending.
     pub bodies: Vec<Map<String, Json>>,
     /// The keys the bodies set, with the hash of their legacy value, for the baselines.
     pub keys: Vec<(String, i64)>,
     /// Root fields the legacy side changed that Auth0 does not accept for this user.
     pub refused: Vec<Field>,
+    /// The user's baseline set after this run's agreeing keys, packed; an applied push adds
+    /// its keys ([`Push::record_applied`]), and the set is written at the end of the run.
+    /// `None` for a user without a legacy row (a blocked orphan): its stored set, the evidence
+    /// that it was matched once, stays.
+    pub baselines: Option<Box<[u8]>>,
+}
+
+impl Push {
+    /// Whether there is a request to send.
+    pub fn sends(&self) -> bool {
+        !self.bodies.is_empty()
+    }
+
+    /// After every request was applied: the pushed keys' legacy values become their baselines.
+    pub fn record_applied(&mut self) {
+        let Some(baselines) = &self.baselines else {
+            return;
+        };
+        let set = PackedBaselines(baselines);
+        let seen = set.seen().unwrap_or(Seen::Unknown);
+        let mut entries = set.entries();
+        for (key, hash) in &self.keys {
+            match entries.iter_mut().find(|(name, _)| name == key) {
+                Some(entry) => entry.1 = *hash,
+                None => entries.push((key.clone(), *hash)),
+            }
+        }
+        entries.sort_unstable();
+        self.baselines = Some(baseline::pack(seen, &entries));
+    }
+}
+
+/// `orphans = "block"`: block a migrated user whose legacy row is gone, unless it is blocked
+/// already (then nothing is sent, run after run).
+pub fn block_orphan(auth0_id: &str, legacy_id: &str, auth0: &Profile<'_>) -> Push {
+    let blocked = matches!(auth0.get(Field::Blocked), Some(Value::Bool(true)));
+    let mut push = Push {
+        auth0_id: auth0_id.to_owned(),
+        legacy_id: legacy_id.to_owned(),
+        ..Push::default()
+    };
+    if !blocked {
+        let mut body = Map::new();
+        body.insert("blocked".into(), Json::Bool(true));
+        push.bodies.push(body);
+    }
+    push
 }
 
 /// Plans the push of `changed` (keys the legacy side changed) for one user.
 pub fn plan_user(
+    (auth0_id, legacy_id): (&str, &str),
     changed: &[&KeyValues],
     legacy: &Profile<'_>,
     auth0: &Profile<'_>,
     policy: &PushPolicy,
-) -> UserPlan {
+) -> Push {
     let mut body = Map::new();
     let mut keys = Vec::new();
     let mut refused = Vec::new();
@@ -158,10 +209,13 @@ pub fn plan_user(
     } else if !body.is_empty() {
         bodies.push(body);
     }
-    UserPlan {
+    Push {
+        auth0_id: auth0_id.to_owned(),
+        legacy_id: legacy_id.to_owned(),
         bodies,
         keys,
         refused,
+        baselines: None,
     }
 }
 
@@ -208,10 +262,10 @@ mod tests {
         auth0: &Profile,
         extra: &[(Field, &str)],
         policy: &PushPolicy,
-    ) -> UserPlan {
+    ) -> Push {
         let keys = key_values(fields, legacy, auth0, extra);
         let changed: Vec<&KeyValues> = keys.iter().filter(|k| k.differs()).collect();
-        plan_user(&changed, legacy, auth0, policy)
+        plan_user(("auth0|1", "1"), &changed, legacy, auth0, policy)
     }
 
     #[test]

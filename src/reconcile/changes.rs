@@ -141,7 +141,7 @@ pub(super) async fn run(
                 None,
                 baselines.get(legacy_id),
             );
-            joined.record(&auth0_id, legacy_id, verdict, None, None);
+            joined.record(&auth0_id, verdict, None, None);
         }
     }
     let Joined {

@@ -23,7 +23,7 @@ use crate::config::OrphanAction;
 use crate::export::{self, ExportError, ExportFilter, Interpreted, MAX_LINE_BYTES};
 use crate::profile::Auth0User;
 use crate::profile::{Field, LegacyView, Profile};
-use crate::push::plan::{self, PushPolicy, UserPlan};
+use crate::push::plan::{self, Push, PushPolicy};
 use crate::report::{PushOutcome, PushState, Summary, UserEntry};
 
 use super::ReconcileError;
@@ -153,27 +153,11 @@ fn move_over<T>(into: &mut Vec<T>, from: &mut Vec<T>) {
     }
 }
 
-/// A planned push, by Auth0 user id.
-#[derive(Debug)]
-pub struct Planned {
-    pub auth0_id: String,
-    pub legacy_id: String,
-    /// The PATCH bodies as JSON text (a tree per planned user would cost hundreds of bytes
-    /// each in a large run); parsed again only when sent.
-    pub bodies: Vec<Box<str>>,
-    /// The keys the bodies set, with the hash of their legacy value, for the baselines.
-    pub keys: Vec<(String, i64)>,
-    /// The user's baseline set after this run's agreeing keys, packed; pushed keys are added
-    /// to it, and it is written at the end of the run. `None` for a user without a legacy row
-    /// (a blocked orphan): its stored set, the evidence that it was matched once, stays.
-    pub baselines: Option<Box<[u8]>>,
-}
-
 #[derive(Default)]
 pub struct Joined {
     pub summary: Summary,
     pub users: Vec<UserEntry>,
-    pub planned: Vec<Planned>,
+    pub planned: Vec<Push>,
     /// New baseline sets of the users whose set changed, when the caller collects them here
     /// (a full run keeps them in its [`LegacyTable`]); users with a planned push are not among
     /// them: their sets travel with the plan.
@@ -305,7 +289,7 @@ pub fn join(
         with_set += 1;
         let verdict = classify::classify(&context.rules, Some(&legacy), None, Some(stored));
         let auth0_id = format!("{}{legacy_id}", crate::profile::USER_ID_PREFIX);
-        joined.record(&auth0_id, legacy_id, verdict, None, None);
+        joined.record(&auth0_id, verdict, None, None);
     });
     joined.summary.not_migrated += untaken - with_set;
     joined.classify_without_row(context, table);
@@ -660,8 +644,8 @@ impl Joined {
             let verdict = classify::classify(&context.rules, None, Some(&auth0), Some(stored));
             let plan = (verdict.status == Status::Orphaned
                 && context.orphans == OrphanAction::Block)
-                .then(|| block_plan(&auth0.profile));
-            self.record(auth0.auth0_id, auth0.legacy_id, verdict, plan, None);
+                .then(|| plan::block_orphan(auth0.auth0_id, auth0.legacy_id, &auth0.profile));
+            self.record(auth0.auth0_id, verdict, plan, None);
         }
     }
 
@@ -684,17 +668,24 @@ impl Joined {
                 .iter()
                 .map(|&index| &verdict.keys[index])
                 .collect();
-            plan::plan_user(&changed, &legacy.profile, &user.profile, context.policy)
+            let ids = (user.auth0_id, user.legacy_id);
+            plan::plan_user(
+                ids,
+                &changed,
+                &legacy.profile,
+                &user.profile,
+                context.policy,
+            )
         });
-        let planned = plan.as_ref().is_some_and(|plan| !plan.bodies.is_empty());
+        let planned = plan.as_ref().is_some_and(Push::sends);
         let seen = baseline::Seen::of(user.migrated);
         let new_set = new_baselines(&verdict.keys, stored, context.rules.fields, seen);
         if planned {
             let set = new_set.unwrap_or_else(|| stored.0.into());
-            self.record(user.auth0_id, user.legacy_id, verdict, plan, Some(set));
+            self.record(user.auth0_id, verdict, plan, Some(set));
             None
         } else {
-            self.record(user.auth0_id, user.legacy_id, verdict, plan, None);
+            self.record(user.auth0_id, verdict, plan, None);
             new_set
         }
     }
@@ -704,9 +695,8 @@ impl Joined {
     pub fn record(
         &mut self,
         auth0_id: &str,
-        legacy_id: &str,
         verdict: Verdict,
-        plan: Option<UserPlan>,
+        plan: Option<Push>,
         baselines: Option<Box<[u8]>>,
     ) {
         self.summary.count(verdict.status);
@@ -715,7 +705,7 @@ impl Joined {
         }
         let mut needs_action = verdict.status.needs_action();
         let (state, error) = match &plan {
-            Some(plan) if !plan.bodies.is_empty() => (PushState::Planned, None),
+            Some(plan) if plan.sends() => (PushState::Planned, None),
             Some(plan) if !plan.refused.is_empty() => (
                 PushState::Skipped,
                 Some(format!(
@@ -743,40 +733,10 @@ impl Joined {
             push: PushOutcome { state, error },
             needs_action,
         });
-        if let Some(plan) = plan.filter(|plan| !plan.bodies.is_empty()) {
-            self.planned.push(Planned {
-                auth0_id: auth0_id.to_owned(),
-                legacy_id: legacy_id.to_owned(),
-                bodies: plan
-                    .bodies
-                    .into_iter()
-                    .map(|body| serde_json::Value::Object(body).to_string().into())
-                    .collect(),
-                keys: plan.keys,
-                baselines,
-            });
+        if let Some(mut push) = plan.filter(Push::sends) {
+            push.baselines = baselines;
+            self.planned.push(push);
         }
-    }
-}
-
-/// `orphans = "block"`: block a migrated user whose legacy row is gone, unless already blocked.
-fn block_plan(auth0: &Profile<'_>) -> UserPlan {
-    let blocked = matches!(
-        auth0.get(Field::Blocked),
-        Some(crate::profile::Value::Bool(true))
-    );
-    let mut body = serde_json::Map::new();
-    if !blocked {
-        body.insert("blocked".into(), serde_json::Value::Bool(true));
-    }
-    UserPlan {
-        bodies: if body.is_empty() {
-            Vec::new()
-        } else {
-            vec![body]
-        },
-        keys: Vec::new(),
-        refused: Vec::new(),
     }
 }
 
@@ -856,26 +816,8 @@ fn unchanged(keys: &[KeyValues], stored: PackedBaselines<'_>, fields: &[Field]) 
     agreed_match && nothing_stale
 }
 
-/// Adds the baselines of pushed keys to a planned user's set.
-pub fn record_pushed(planned: &mut Planned) {
-    let Some(baselines) = &planned.baselines else {
-        return;
-    };
-    let set = PackedBaselines(baselines);
-    let seen = set.seen().unwrap_or(baseline::Seen::Unknown);
-    let mut entries = set.entries();
-    for (key, hash) in &planned.keys {
-        match entries.iter_mut().find(|(name, _)| name == key) {
-            Some(entry) => entry.1 = *hash,
-            None => entries.push((key.clone(), *hash)),
-        }
-    }
-    entries.sort_unstable();
-    planned.baselines = Some(baseline::pack(seen, &entries));
-}
-
 /// Moves the sets of planned users into the writes.
-pub fn planned_baselines(planned: &[Planned], writes: &mut BaselineWrites) {
+pub fn planned_baselines(planned: &[Push], writes: &mut BaselineWrites) {
     for user in planned {
         let Some(baselines) = &user.baselines else {
             continue;

@@ -23,7 +23,8 @@ use crate::config::{CacheSource, Config, Environment, MigratedRule};
 use crate::export::{self, ExportError, ExportFilter};
 use crate::legacy::{self, LegacyError};
 use crate::profile::Field;
-use crate::push::apply::{self, ApplyError, Outcome, PushTask, RecoverError};
+use crate::push::apply::{self, ApplyError, Outcome, RecoverError};
+use crate::push::plan::Push;
 use crate::push::{self, Refusal};
 use crate::report::{PushState, REPORT_VERSION, Report, RunInfo, Summary, UserEntry};
 use crate::state::{StateError, StateStore};
@@ -267,7 +268,7 @@ fn prune_history(store: &StateStore, settings: &crate::config::State) {
 fn write_baselines(
     store: &mut StateStore,
     mut changes: BaselineWrites,
-    planned: Vec<join::Planned>,
+    planned: Vec<Push>,
     mut table_sets: table::NewBaselines,
 ) -> Result<usize, StateError> {
     join::planned_baselines(&planned, &mut changes);
@@ -627,7 +628,7 @@ impl PushPhase<'_> {
         &self,
         users: &mut [UserEntry],
         summary: &mut Summary,
-        planned: &mut [join::Planned],
+        planned: &mut [Push],
         pushable_users: u64,
     ) -> Result<Option<ReconcileError>, ReconcileError> {
         // Users are sorted by id now: find each plan's report entry once (entry → plan).
@@ -646,29 +647,17 @@ impl PushPhase<'_> {
             refuse(users, by_index.keys().copied(), &refusal);
             return Ok(None);
         }
-        let mut tasks: Vec<PushTask> = Vec::with_capacity(by_index.len());
-        for (&index, &plan_index) in &by_index {
-            // `join` wrote each from a JSON object, so they parse; were one not to, sending the
-            // others alone would push part of a change and journal it as whole.
-            let bodies = planned[plan_index]
-                .bodies
-                .iter()
-                .map(|body| serde_json::from_str(body))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|_| ReconcileError::Internal("a planned PATCH body is not JSON"))?;
-            tasks.push(PushTask {
-                index,
-                auth0_id: planned[plan_index].auth0_id.clone(),
-                bodies,
-            });
-        }
         // A request the stopped run sent may have landed after the export this run read was
         // taken: what the fresher profile read while resolving its journal entry already
         // shows is not sent again.
-        let (in_effect, tasks): (Vec<PushTask>, Vec<PushTask>) =
-            tasks.into_iter().partition(|task| {
-                self.recovered.get(&task.auth0_id).is_some_and(|profile| {
-                    task.bodies
+        // (report index, plan index) pairs.
+        let (in_effect, to_send): (Vec<_>, Vec<_>) = by_index
+            .iter()
+            .map(|(&index, &plan_index)| (index, plan_index))
+            .partition(|&(_, plan_index)| {
+                let push = &planned[plan_index];
+                self.recovered.get(&push.auth0_id).is_some_and(|profile| {
+                    push.bodies
                         .iter()
                         .all(|body| apply::is_in_effect(body, profile))
                 })
@@ -680,16 +669,24 @@ impl PushPhase<'_> {
             );
         }
         let started = Instant::now();
+        let pushes = to_send
+            .iter()
+            .map(|&(index, plan_index)| (index, &planned[plan_index]))
+            .collect();
         let mut outcomes = apply::apply(
             self.client.clone(),
             self.store.clone(),
             self.run_id,
-            tasks,
+            pushes,
             self.options.concurrency,
             self.options.stop.clone(),
         )
         .await?;
-        outcomes.extend(in_effect.iter().map(|task| (task.index, Outcome::Applied)));
+        outcomes.extend(
+            in_effect
+                .iter()
+                .map(|&(index, _)| (index, Outcome::Applied)),
+        );
         let (mut applied, mut not_sent) = (0, 0);
         for (index, outcome) in outcomes {
             let user = &mut users[index];
@@ -700,7 +697,7 @@ impl PushPhase<'_> {
                     summary.pushed += 1;
                     applied += 1;
                     if let Some(&plan_index) = by_index.get(&index) {
-                        join::record_pushed(&mut planned[plan_index]);
+                        planned[plan_index].record_applied();
                     }
                 }
                 Outcome::Failed(error) => {
