@@ -9,11 +9,13 @@ use std::io::Write;
 use anyhow::Context;
 
 use crate::auth0::{Auth0Client, EndpointClass, RetryPolicy, Settings};
-use crate::config::{CacheSource, Config, Environment, MigratedRule, OrphanAction};
-use crate::export::{self, ExportFilter};
-use crate::legacy;
-use crate::profile::Field;
-use crate::push::plan::DEFAULT_MIGRATED_FIELDS;
+use crate::config::{CacheSource, Config, Environment};
+use crate::model::plan::DEFAULT_MIGRATED_FIELDS;
+use crate::model::plan::OrphanAction;
+use crate::model::profile::Field;
+use crate::model::profile::MigratedRule;
+use crate::sources::export::{self, ExportFilter};
+use crate::sources::legacy;
 
 pub async fn run(
     config: &Config,

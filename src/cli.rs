@@ -12,8 +12,8 @@ use crate::auth0::RetryPolicy;
 use crate::auth0::export_job::ExportOptions;
 use crate::config::{Config, ProcessEnv};
 use crate::private_file::PRIVATE;
-use crate::reconcile::{self, RunOptions};
 use crate::report::{self, Format};
+use crate::run::{self, RunOptions};
 use crate::{check, daemon};
 
 const EXIT_ERROR: u8 = 1;
@@ -303,14 +303,17 @@ async fn reconcile_command(config: &Config, args: ReconcileArgs) -> anyhow::Resu
         Some(_) => Some(crate::metrics::install()?),
         None => None,
     };
-    let result = reconcile::run(config, &options, &ProcessEnv).await;
+    let result = run::run(config, &options, &ProcessEnv).await;
     if let (Some(handle), Some(path)) = (&metrics, &args.metrics_file) {
         // Written whatever the outcome: a failed run is exactly what an alert must see.
         crate::metrics::write_file(handle, path)?;
     }
-    let mut report = result?;
+    let run::Finished {
+        report,
+        report_file,
+    } = result?;
     let format = Format::from(args.format);
-    match (&args.output, report.prepared.take()) {
+    match (&args.output, report_file) {
         (Some(path), Some(prepared)) => prepared
             .commit()
             .with_context(|| format!("cannot write the report to {}", path.display()))?,

@@ -1,4 +1,4 @@
-//! Variable-length integers (unsigned LEB128: 7 bits per byte, low first, the high bit set on
+//! Every byte format's building blocks, in one place. Variable-length integers (unsigned LEB128: 7 bits per byte, low first, the high bit set on
 //! every byte but the last): the one encoding of lengths in driftsync's packed formats — the
 //! legacy record (`profile`), the packed baselines (`baseline`) and the baseline chunks of the
 //! state file (`state::chunks`). Bytes written by one reader's version are read by every other,
@@ -26,6 +26,27 @@ pub fn read_varint(bytes: &[u8]) -> Option<(usize, &[u8])> {
         }
     }
     None
+}
+
+/// Bytes of a [`put_framed`] length.
+pub const FRAME_BYTES: usize = 4;
+
+/// Appends `bytes` after its length as a fixed-width little-endian `u32`: the framing of the
+/// in-memory layouts whose items are stepped over by offset (the legacy table's stored sets,
+/// a pass's collected baseline sets). Callers keep items below 4 GiB.
+#[inline]
+pub fn put_framed(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// Reads a [`put_framed`] item from the start of `bytes`: the item and the bytes after it;
+/// `None` when the bytes end first.
+#[inline]
+pub fn take_framed(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (length, rest) = bytes.split_first_chunk::<FRAME_BYTES>()?;
+    let length = u32::from_le_bytes(*length) as usize;
+    (rest.len() >= length).then(|| rest.split_at(length))
 }
 
 #[cfg(test)]
@@ -58,5 +79,18 @@ mod tests {
         let mut out = Vec::new();
         write_varint(&mut out, usize::MAX);
         assert_eq!(read_varint(&out), Some((usize::MAX, &[][..])));
+    }
+
+    #[test]
+    fn framed_items_are_a_u32_length_then_the_bytes() {
+        let mut out = Vec::new();
+        put_framed(&mut out, b"ab");
+        put_framed(&mut out, b"");
+        assert_eq!(out, [2, 0, 0, 0, b'a', b'b', 0, 0, 0, 0]);
+        let (first, rest) = take_framed(&out).unwrap();
+        assert_eq!((first, rest.len()), (&b"ab"[..], FRAME_BYTES));
+        assert_eq!(take_framed(rest), Some((&[][..], &[][..])));
+        assert_eq!(take_framed(&out[..5]), None, "cut short");
+        assert_eq!(take_framed(&out[..3]), None, "no whole length");
     }
 }

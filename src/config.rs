@@ -11,8 +11,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::legacy::{Target, TargetError, TlsSettings};
-use crate::profile::Field;
+use crate::model::plan::{OrphanAction, PushedEmailVerified};
+use crate::model::profile::Field;
+use crate::model::profile::MigratedRule;
+use crate::sources::legacy::{Target, TargetError, TlsSettings};
 
 pub const ENV_LEGACY_URL: &str = "DRIFTSYNC_LEGACY_URL";
 pub const ENV_CLIENT_SECRET: &str = "DRIFTSYNC_AUTH0_CLIENT_SECRET";
@@ -34,38 +36,10 @@ pub enum ConfigError {
     },
 }
 
-/// How driftsync decides that an Auth0 user was migrated (and so is no longer refreshed from
-/// the legacy database at login).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MigratedRule {
-    /// The connection's `options.import_mode` (read through the Management API).
-    ImportMode,
-    Always,
-    Never,
-    /// A marker the Login script sets in `app_metadata`, e.g. `app_metadata.migrated`.
-    AppMetadataKey(String),
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheSource {
     Export,
     File,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OrphanAction {
-    Report,
-    Block,
-}
-
-/// What a pushed email states as `email_verified` when the legacy query does not return it
-/// (`reconcile.pushed_email_verified`); with the column, the legacy value always wins.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PushedEmailVerified {
-    /// `false`: a new address is not claimed verified (the default).
-    False,
-    /// Auth0's current value for the old address.
-    Keep,
 }
 
 /// A validated configuration.

@@ -13,8 +13,8 @@ use std::time::Duration;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::classify::Status;
-use crate::profile::Field;
+use crate::model::classify::Status;
+use crate::model::profile::Field;
 use crate::report::{Report, Summary};
 
 /// Run durations span seconds (a small tenant) to hours (millions of users with pushes).

@@ -254,13 +254,13 @@ fn the_scan_sees_imports_and_skips_comments_and_test_code() {
     let code = product_code(
         "use crate::{check, daemon};\n\
          // crate::commented\n\
-         fn f() { crate::profile::Field::Email; }\n\
-         #[cfg(test)]\nmod tests { fn g() { crate::reconcile::x(); let s = \"{}\"; } }\n\
+         fn f() { crate::model::profile::Field::Email; }\n\
+         #[cfg(test)]\nmod tests { fn g() { crate::run::x(); let s = \"{}\"; } }\n\
          #[cfg(test)]\nuse crate::state;\n\
-         fn h() { crate::legacy::connect(); }",
+         fn h() { crate::sources::legacy::connect(); }",
     );
     let found = imports(&code);
-    let expected: BTreeSet<String> = ["check", "daemon", "profile", "legacy"]
+    let expected: BTreeSet<String> = ["check", "daemon", "model", "sources"]
         .into_iter()
         .map(String::from)
         .collect();
@@ -305,5 +305,41 @@ fn every_relative_link_in_the_documents_resolves() {
         broken.is_empty(),
         "links to nothing:\n{}",
         broken.join("\n")
+    );
+}
+
+/// The model is the pure domain core: no files, sockets, processes, threads or async runtime
+/// (docs/ARCHITECTURE.md, layer 2), so that every rule in it can be read and tested alone.
+#[test]
+fn the_model_does_no_io_and_starts_no_threads() {
+    const FORBIDDEN: [&str; 10] = [
+        "std::fs",
+        "std::net",
+        "std::process",
+        "std::thread::spawn",
+        "std::thread::scope",
+        "tokio",
+        "reqwest",
+        "rusqlite",
+        "tokio_postgres",
+        "std::io::stdout",
+    ];
+    let mut found = Vec::new();
+    for path in rust_files(&Path::new(ROOT).join("src/model")) {
+        let code = product_code(&std::fs::read_to_string(&path).unwrap());
+        for forbidden in FORBIDDEN {
+            if code.contains(forbidden) {
+                found.push(format!("{}: {forbidden}", path.display()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "the model reaches outside itself:\n{}",
+        found.join("\n")
+    );
+    assert!(
+        rust_files(&Path::new(ROOT).join("src/model")).len() >= 6,
+        "src/model was not read"
     );
 }

@@ -88,8 +88,8 @@ async fn an_expired_download_link_is_replaced_by_a_fresh_one() {
         .await
         .unwrap();
     let fields = export_job::fields_for(
-        &[driftsync::profile::Field::Email],
-        &driftsync::config::MigratedRule::Always,
+        &[driftsync::model::profile::Field::Email],
+        &driftsync::model::profile::MigratedRule::Always,
     );
     let options = ExportOptions {
         first_poll: Duration::from_millis(50),

@@ -1066,7 +1066,7 @@ async fn sigkill_at_random_moments_of_a_push_never_loses_or_repeats_a_change() {
                 .and_then(|entries| entries.find("name"));
             assert_eq!(
                 hash,
-                Some(driftsync::baseline::hash(Some(name))),
+                Some(driftsync::model::baseline::hash(Some(name))),
                 "round {round}: baseline of {user}"
             );
         }

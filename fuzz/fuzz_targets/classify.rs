@@ -17,10 +17,10 @@
 use std::borrow::Cow;
 
 use arbitrary::Arbitrary;
-use driftsync::baseline::{self, PackedBaselines, Seen};
-use driftsync::classify::{self, Rules, Status};
-use driftsync::profile::Auth0User;
-use driftsync::profile::{Field, Kind, LegacyRecordBuilder, LegacyView, Profile, Value};
+use driftsync::model::baseline::{self, PackedBaselines, Seen};
+use driftsync::model::classify::{self, Rules, Status};
+use driftsync::model::profile::Auth0User;
+use driftsync::model::profile::{Field, Kind, LegacyRecordBuilder, LegacyView, Profile, Value};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Arbitrary, Debug)]

@@ -8,10 +8,10 @@
 
 use std::io::{BufRead, Write};
 
-use driftsync::config::MigratedRule;
-use driftsync::export::{self, ExportError, ExportFilter, Interpreted};
-use driftsync::profile::Auth0User;
-use driftsync::profile::Field;
+use driftsync::model::profile::MigratedRule;
+use driftsync::sources::export::{self, ExportError, ExportFilter, Interpreted};
+use driftsync::model::profile::Auth0User;
+use driftsync::model::profile::Field;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -15,8 +15,8 @@ use futures_util::{Stream, StreamExt};
 
 use super::client::DownloadFailure;
 use super::{Auth0Client, Auth0Error, ExportField, Job};
-use crate::config::MigratedRule;
-use crate::profile::Field;
+use crate::model::profile::Field;
+use crate::model::profile::MigratedRule;
 
 #[derive(Debug, Clone, Copy)]
 pub struct ExportOptions {
@@ -49,7 +49,7 @@ impl ExportOptions {
     }
 }
 
-/// The export fields for a run that reads `attributes` (see [`crate::equality::attributes_read`]):
+/// The export fields for a run that reads `attributes` (see [`crate::model::equality::attributes_read`]):
 /// the identity, the migration moment, the connection, those attributes, and `app_metadata`
 /// when a marker there decides migration.
 pub fn fields_for(attributes: &[Field], migrated: &MigratedRule) -> Vec<ExportField> {
@@ -275,7 +275,7 @@ mod tests {
         };
         assert_eq!(
             names(fields_for(
-                &crate::equality::attributes_read(&[Field::Name], &[]),
+                &crate::model::equality::attributes_read(&[Field::Name], &[]),
                 &MigratedRule::Always
             )),
             [

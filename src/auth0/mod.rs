@@ -385,7 +385,7 @@ mod tests {
             client_id: Some("id".into()),
             client_secret_file: Some(dir.path().join("file")),
             connection: "c".into(),
-            migrated: config::MigratedRule::Always,
+            migrated: crate::model::profile::MigratedRule::Always,
             request_timeout: std::time::Duration::from_secs(30),
         };
         let credentials = ("CREDENTIALS_DIRECTORY", dir.path().display().to_string());

@@ -4,7 +4,7 @@
 //! data: it is allowed on a read-only role and a hot standby, and the database stays unchanged.
 
 use crate::config::Config;
-use crate::legacy::{self, LegacyError};
+use crate::sources::legacy::{self, LegacyError};
 
 /// Held while a run goes on; dropping it closes the connection and releases the lock.
 pub struct RunLock {

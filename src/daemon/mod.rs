@@ -21,7 +21,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ProcessEnv, Schedule};
-use crate::reconcile::{self, ReconcileError, RunKind, RunOptions};
+use crate::run::{self, RunError, RunKind, RunOptions};
 use crate::state::StateStore;
 
 /// How long the running step may take to finish after SIGTERM before the daemon leaves it.
@@ -213,10 +213,10 @@ async fn run_once(
         retry: crate::auth0::RetryPolicy::from_config(&config.auth0),
         ..RunOptions::default()
     };
-    let result = reconcile::run_kind(kind, config, &options, &ProcessEnv).await;
+    let result = run::run_kind(kind, config, &options, &ProcessEnv).await;
     drop(lock);
     match result {
-        Ok(report) => {
+        Ok(run::Finished { report, .. }) => {
             let summary = &report.summary;
             tracing::info!(
                 kind = kind.name(),
@@ -241,11 +241,11 @@ async fn run_once(
                 summary.pushed
             )
         }
-        Err(ReconcileError::NoWatermark) => {
+        Err(RunError::NoWatermark) => {
             tracing::info!("changes run skipped: no completed run yet");
             "changes run skipped: waiting for a first full run".into()
         }
-        Err(error @ (ReconcileError::Stopped | ReconcileError::Interrupted { .. })) => {
+        Err(error @ (RunError::Stopped | RunError::Interrupted { .. })) => {
             tracing::warn!(kind = kind.name(), "{error}");
             format!("{} run stopped", kind.name())
         }

@@ -14,8 +14,8 @@ use std::path::Path;
 use anyhow::Context;
 
 use crate::config::{Config, NoEnv};
-use crate::reconcile::{self, RunOptions};
 use crate::report::{self, Format, PushState};
+use crate::run::{self, RunOptions};
 use cluster::Cluster;
 use driftsync_testkit::datagen::{self, DataSet};
 use driftsync_testkit::simulator::{ConnectionSettings, GetUserScript, Simulator, SimulatorConfig};
@@ -52,8 +52,8 @@ pub async fn run(options: &DemoOptions, out: &mut dyn Write) -> anyhow::Result<(
     let outcome = demo_with_database(&set, &url, out).await;
     if options.legacy_url.is_some() {
         // Leave the user's database as it was, even after a failure.
-        if let Ok(target) = crate::legacy::Target::without_environment(&url)
-            && let Ok(client) = crate::legacy::connect(&target).await
+        if let Ok(target) = crate::sources::legacy::Target::without_environment(&url)
+            && let Ok(client) = crate::sources::legacy::connect(&target).await
         {
             let _ = client
                 .batch_execute(&format!("DROP TABLE IF EXISTS {TABLE}"))
@@ -67,8 +67,8 @@ pub async fn run(options: &DemoOptions, out: &mut dyn Write) -> anyhow::Result<(
 }
 
 async fn demo_with_database(set: &DataSet, url: &str, out: &mut dyn Write) -> anyhow::Result<()> {
-    let target = crate::legacy::Target::without_environment(url)?;
-    let client = crate::legacy::connect(&target).await?;
+    let target = crate::sources::legacy::Target::without_environment(url)?;
+    let client = crate::sources::legacy::connect(&target).await?;
     client
         .batch_execute(&format!("DROP TABLE IF EXISTS {TABLE}"))
         .await
@@ -143,7 +143,7 @@ async fn two_runs(
         progress: true,
         ..RunOptions::default()
     };
-    let report = reconcile::run(&config, &options, &NoEnv).await?;
+    let report = run::run(&config, &options, &NoEnv).await?.report;
     report.render(Format::Table, out)?;
     let stats = simulator.stats();
     writeln!(
@@ -170,7 +170,7 @@ async fn two_runs(
         .map(|user| user.user_id.as_str())
         .collect();
     let deleted = (1..=set.users)
-        .map(|id| format!("{}{id}", crate::profile::USER_ID_PREFIX))
+        .map(|id| format!("{}{id}", crate::model::profile::USER_ID_PREFIX))
         .find(|id| !listed.contains(id.as_str()) && simulator.user(id).is_some())
         .context("the demo data has no user in sync")?;
     simulator.remove_user(&deleted);
@@ -197,7 +197,7 @@ async fn two_runs(
         max_push_fraction: Some(1.0),
         ..options
     };
-    let pushed = reconcile::run(&config, &push, &NoEnv).await?;
+    let pushed = run::run(&config, &push, &NoEnv).await?.report;
     let summary = &pushed.summary;
     writeln!(
         out,
@@ -269,7 +269,7 @@ path = "{state}"
 }
 
 fn explain(report: &report::Report, out: &mut dyn Write) -> std::io::Result<()> {
-    use crate::classify::Status;
+    use crate::model::classify::Status;
     writeln!(out, "What the statuses mean:")?;
     let advice = |status: Status| match status {
         Status::InSync => "nothing to do.",

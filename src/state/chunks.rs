@@ -8,7 +8,7 @@
 //!
 //! A chunk holds the users from its first id up to (not including) the next chunk's first id.
 //! Its body is, per user in id order: the id's length (LEB128), the id, the set's length
-//! (LEB128), the set (see [`crate::baseline::PackedBaselines`]).
+//! (LEB128), the set (see [`crate::model::baseline::PackedBaselines`]).
 
 use rusqlite::types::Type;
 use rusqlite::{OptionalExtension, Transaction, params};

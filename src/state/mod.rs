@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::baseline::{PackedBaselines, Seen, pack, pack_without_seen};
+use crate::model::baseline::{PackedBaselines, Seen, pack, pack_without_seen};
 use chunks::ChunkTable;
 
 mod chunks;
@@ -236,7 +236,7 @@ pub struct Baselines {
 }
 
 impl Baselines {
-    /// A user's baselines: (key, hash) pairs, keys as in [`crate::baseline`].
+    /// A user's baselines: (key, hash) pairs, keys as in [`crate::model::baseline`].
     pub fn get(&self, user_id: &str) -> Option<PackedBaselines<'_>> {
         self.users
             .get(user_id)

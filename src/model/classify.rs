@@ -9,9 +9,9 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value as Json};
 
-use crate::baseline::{self, Change, KeyValues, PackedBaselines, StoredKey};
-use crate::profile::Auth0User;
-use crate::profile::{Field, Kind, LegacyView, Profile, Value};
+use crate::model::baseline::{self, Change, KeyValues, PackedBaselines, StoredKey};
+use crate::model::profile::Auth0User;
+use crate::model::profile::{Field, Kind, LegacyView, Profile, Value};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -394,8 +394,8 @@ fn boolean(value: Option<&Value<'_>>) -> Option<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::profile::fixtures::object as obj;
-    use crate::profile::fixtures::{profile, text};
+    use crate::model::profile::fixtures::object as obj;
+    use crate::model::profile::fixtures::{profile, text};
     use std::borrow::Cow;
 
     fn differs(

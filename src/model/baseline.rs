@@ -16,8 +16,8 @@ use std::borrow::Cow;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value as Json};
 
-use crate::equality::{canonical, canonical_member};
-use crate::profile::{Field, Kind, Profile, Value};
+use crate::model::equality::{canonical, canonical_member};
+use crate::model::profile::{Field, Kind, Profile, Value};
 
 /// Which side changed a differing key since its baseline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,7 +195,7 @@ impl<'de: 'a, 'a> serde::Deserialize<'de> for RawObject<'a> {
                 mut members: A,
             ) -> Result<RawObject<'a>, A::Error> {
                 let mut pairs = Vec::new();
-                while let Some(crate::profile::Text(key)) = members.next_key()? {
+                while let Some(crate::model::profile::Text(key)) = members.next_key()? {
                     let value: &'a RawValue = members.next_value()?;
                     pairs.push((key, value));
                 }
@@ -479,6 +479,79 @@ fn append_pairs<'a>(packed: &mut Vec<u8>, entries: impl IntoIterator<Item = (&'a
     }
 }
 
+/// A matched user's new set, packed, or `None` when the stored one stands: agreeing keys take
+/// the agreed value, differing keys keep what is stored, metadata keys that neither side has any
+/// more are forgotten.
+pub fn next_set(
+    keys: &[KeyValues],
+    stored: PackedBaselines<'_>,
+    fields: &[Field],
+    seen: Seen,
+) -> Option<Box<[u8]>> {
+    if stored.is_empty() {
+        // A user's first set (every user in a first run): the agreeing keys, packed straight
+        // from the keys; a metadata key absent on both sides needs no baseline. Written even
+        // with no agreeing key: the set is the evidence that the user was matched.
+        let agreed = keys.iter().filter(|key| {
+            let absent_metadata_key = key.legacy == no_value() && key.key.contains('.');
+            key.legacy == key.auth0 && !absent_metadata_key
+        });
+        return Some(pack_pairs(seen, agreed.map(|key| (&*key.key, key.legacy))));
+    }
+    if stored.seen() == Some(seen) && unchanged(keys, stored, fields) {
+        return None;
+    }
+    let before = {
+        let mut entries = stored.entries();
+        entries.sort_unstable();
+        entries
+    };
+    let mut entries = before.clone();
+    for key in keys.iter().filter(|key| !key.differs()) {
+        let position = entries.iter().position(|(name, _)| *name == key.key);
+        if key.legacy == no_value() && key.key.contains('.') {
+            // A metadata key absent on both sides needs no baseline.
+            if let Some(position) = position {
+                entries.swap_remove(position);
+            }
+            continue;
+        }
+        match position {
+            Some(position) => entries[position].1 = key.legacy,
+            None => entries.push((key.key.to_string(), key.legacy)),
+        }
+    }
+    // Stored metadata keys of compared fields that are no longer among the keys at all.
+    entries.retain(|(name, _)| match name.split_once('.') {
+        Some((field, _)) if fields.iter().any(|f| f.name() == field) => {
+            keys.iter().any(|key| key.key == *name)
+        }
+        _ => true,
+    });
+    entries.sort_unstable();
+    (entries != before || stored.seen() != Some(seen)).then(|| pack(seen, &entries))
+}
+
+/// Whether the stored set already holds every agreeing key with its value and nothing to
+/// forget: the common case of every run after the first, checked without allocating.
+fn unchanged(keys: &[KeyValues], stored: PackedBaselines<'_>, fields: &[Field]) -> bool {
+    let agreed_match = keys.iter().filter(|key| !key.differs()).all(|key| {
+        let found = stored.find(&key.key);
+        if key.legacy == no_value() && key.key.contains('.') {
+            found.is_none()
+        } else {
+            found == Some(key.legacy)
+        }
+    });
+    let nothing_stale = stored.iter().all(|(stored_key, _)| match stored_key {
+        StoredKey::Metadata(field, _) if fields.contains(&field) => {
+            keys.iter().any(|key| stored_key.is(&key.key))
+        }
+        _ => true,
+    });
+    agreed_match && nothing_stale
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -572,7 +645,7 @@ mod tests {
         assert_eq!(PackedBaselines(&old).seen(), Some(Seen::Unknown));
         assert_eq!(PackedBaselines(&old).find("email"), Some(1));
     }
-    use crate::profile::fixtures::{profile, text};
+    use crate::model::profile::fixtures::{profile, text};
 
     #[test]
     fn equal_values_have_equal_canonical_forms() {
@@ -667,7 +740,7 @@ mod tests {
         for text in ["1e400", r#"{"$serde_json::private::RawValue":1}"#] {
             let raw: Box<RawValue> = serde_json::from_str(text).unwrap();
             assert_eq!(
-                crate::equality::canonical_member(&raw).as_deref(),
+                crate::model::equality::canonical_member(&raw).as_deref(),
                 Some(text)
             );
         }

@@ -325,6 +325,18 @@ impl std::ops::Deref for Text<'_> {
     }
 }
 
+/// How driftsync decides that an Auth0 user was migrated (and so is no longer refreshed from
+/// the legacy database at login).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MigratedRule {
+    /// The connection's `options.import_mode` (read through the Management API).
+    ImportMode,
+    Always,
+    Never,
+    /// A marker the Login script sets in `app_metadata`, e.g. `app_metadata.migrated`.
+    AppMetadataKey(String),
+}
+
 #[cfg(test)]
 pub(crate) mod fixtures {
     use super::*;

@@ -4,10 +4,14 @@
 //! run and a changes run derive all three from here, so they cannot disagree.
 
 use crate::auth0::Connection;
-use crate::classify::Rules;
-use crate::config::{Config, MigratedRule, OrphanAction, PushedEmailVerified};
-use crate::profile::Field;
-use crate::push::plan::{DEFAULT_MIGRATED_FIELDS, PushPolicy};
+use crate::config::Config;
+use crate::engine::Context;
+use crate::model::classify::Rules;
+use crate::model::plan::{DEFAULT_MIGRATED_FIELDS, PushPolicy};
+use crate::model::plan::{OrphanAction, PushedEmailVerified};
+use crate::model::profile::Field;
+use crate::model::profile::MigratedRule;
+use crate::sources::export::ExportFilter;
 
 /// The connection's settings that decide verdicts and pushes.
 #[derive(Debug, Clone)]
@@ -71,6 +75,43 @@ impl ConnectionFacts {
     }
 }
 
+/// Everything a run classifies with, owned by the run; [`Classifying::context`] lends it to
+/// the engine. Both kinds of run build it here, from the connection's facts.
+pub struct Classifying {
+    pub facts: ConnectionFacts,
+    pub fields: Vec<Field>,
+    kept: Vec<Field>,
+    pub filter: ExportFilter,
+    policy: PushPolicy,
+    orphans: OrphanAction,
+}
+
+impl Classifying {
+    pub fn new(config: &Config, facts: ConnectionFacts, fields: Vec<Field>) -> Classifying {
+        Classifying {
+            kept: attributes_read(config, &fields),
+            filter: ExportFilter {
+                connection: config.auth0.connection.clone(),
+                migrated: facts.migrated.clone(),
+            },
+            policy: facts.push_policy(config, &fields),
+            orphans: config.reconcile.orphans,
+            facts,
+            fields,
+        }
+    }
+
+    pub fn context(&self) -> Context<'_> {
+        Context {
+            rules: self.facts.rules(&self.fields),
+            kept: &self.kept,
+            filter: &self.filter,
+            policy: &self.policy,
+            orphans: self.orphans,
+        }
+    }
+}
+
 /// The Auth0 attributes a run reads: the compared ones, and what its pushes look at besides —
 /// `blocked` when orphans are blocked (an orphan already blocked is not patched again), and
 /// `email_verified` when a pushed email keeps Auth0's verification.
@@ -84,7 +125,7 @@ pub fn attributes_read(config: &Config, fields: &[Field]) -> Vec<Field> {
     {
         also.push(Field::EmailVerified);
     }
-    crate::equality::attributes_read(fields, &also)
+    crate::model::equality::attributes_read(fields, &also)
 }
 
 /// The migration rule with `import_mode` replaced by what the connection says.

@@ -13,7 +13,7 @@ use futures_util::{TryStreamExt, pin_mut};
 use tokio_postgres::types::{FromSql, Type};
 use tokio_postgres::{Client, NoTls, Row};
 
-use crate::profile::{Field, Kind, LegacyRecordBuilder};
+use crate::model::profile::{Field, Kind, LegacyRecordBuilder};
 
 mod pgpass;
 pub mod target;
@@ -385,7 +385,7 @@ pub struct LegacyRow<'a> {
     /// 1-based position in the result, for error messages.
     pub number: u64,
     pub user_id: &'a str,
-    /// The packed record (see [`crate::profile::LegacyRecord`]), borrowed from the reader's buffer: a row
+    /// The packed record (see [`crate::model::profile::LegacyRecord`]), borrowed from the reader's buffer: a row
     /// costs no allocation of its own.
     pub record: &'a [u8],
 }

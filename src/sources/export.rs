@@ -16,8 +16,8 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
 
-use crate::config::MigratedRule;
-use crate::profile::{Auth0User, Field, Profile, Text, USER_ID_PREFIX, Value};
+use crate::model::profile::MigratedRule;
+use crate::model::profile::{Auth0User, Field, Profile, Text, USER_ID_PREFIX, Value};
 use crate::timestamp;
 
 /// Longest line accepted; Auth0 caps metadata at 16 KB per object, so a longer line is damage.
@@ -287,7 +287,7 @@ pub fn read<E: From<ExportError>>(
 }
 
 /// A minimal export line for `user` that [`parse_line`] reads back as the same user under the
-/// same filter, with only the `fields` a run reads ([`crate::equality::attributes_read`]): what a parked profile
+/// same filter, with only the `fields` a run reads ([`crate::model::equality::attributes_read`]): what a parked profile
 /// keeps while it waits for its legacy row (a fifth of a full line: no identities, login
 /// counters…).
 pub fn minimal_line(user: &Auth0User<'_>, fields: &[Field], filter: &ExportFilter) -> Vec<u8> {
@@ -565,7 +565,7 @@ mod tests {
 
     #[test]
     fn reads_the_reference_sample_with_every_connection_spelling() {
-        let sample = include_str!("../tests/data/export-sample.ndjson");
+        let sample = include_str!("../../tests/data/export-sample.ndjson");
         let users = read_all(sample, MigratedRule::Always).unwrap();
         let ids: Vec<&str> = users.iter().map(|(id, _)| id.as_str()).collect();
         assert_eq!(ids, ["42", "43", "44", "45"]);

@@ -22,8 +22,9 @@ use std::sync::{Mutex, RwLock};
 use hashbrown::HashTable;
 
 use super::index::{self, Index, SlotsView};
-use crate::baseline::PackedBaselines;
-use crate::profile::LegacyView;
+use crate::codec;
+use crate::model::baseline::PackedBaselines;
+use crate::model::profile::LegacyView;
 
 /// Enough shards that two or three workers rarely wait on the same lock.
 const SHARDS: usize = 64;
@@ -283,16 +284,10 @@ struct StoredSets {
 impl StoredSets {
     /// The (id, set) stored at `offset`.
     fn at(bytes: &[u8], offset: usize) -> (&[u8], &[u8]) {
-        let length = |at| word::<4>(bytes, at).map_or(0, |word| u32::from_le_bytes(word) as usize);
-        let id_len = length(offset);
-        let id = bytes
-            .get(offset + 4..offset + 4 + id_len)
-            .unwrap_or_default();
-        let set_at = offset + 4 + id_len;
-        let set_len = length(set_at);
-        let set = bytes
-            .get(set_at + 4..set_at + 4 + set_len)
-            .unwrap_or_default();
+        // Only `load_stored` writes them, whole.
+        let framed = bytes.get(offset..).unwrap_or_default();
+        let (id, rest) = codec::take_framed(framed).unwrap_or_default();
+        let (set, _) = codec::take_framed(rest).unwrap_or_default();
         (id, set)
     }
 
@@ -494,10 +489,8 @@ impl LegacyTable {
                 return;
             }
             let offset = bytes.len();
-            bytes.extend_from_slice(&(id.len() as u32).to_le_bytes());
-            bytes.extend_from_slice(id.as_bytes());
-            bytes.extend_from_slice(&(packed.len() as u32).to_le_bytes());
-            bytes.extend_from_slice(packed);
+            codec::put_framed(&mut bytes, id.as_bytes());
+            codec::put_framed(&mut bytes, packed);
             index.insert_unique(hasher.hash_one(id.as_bytes()), offset, |&offset| {
                 hasher.hash_one(StoredSets::at(&bytes, offset).0)
             });
@@ -778,8 +771,8 @@ impl NewBaselines {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::baseline::{Seen, pack};
-    use crate::profile::{Field, LegacyRecordBuilder};
+    use crate::model::baseline::{Seen, pack};
+    use crate::model::profile::{Field, LegacyRecordBuilder};
 
     fn record(email: &str) -> Vec<u8> {
         let mut builder = LegacyRecordBuilder::default();

@@ -1,9 +1,6 @@
-//! Pushing stranded changes to Auth0: [`plan`] builds the requests Auth0 accepts, [`apply`]
-//! sends them journaled and resumable, and the fraction guard here stops a push that looks like
-//! a mapping mistake rather than real edits.
-
-pub mod apply;
-pub mod plan;
+//! The fraction guard: stops a push that would change so large a share of the users a push may
+//! change that it looks like a mapping mistake (a wrong column, a changed query) rather than
+//! real edits.
 
 /// Why a whole push was refused.
 #[derive(Debug, Clone, PartialEq)]

@@ -17,7 +17,7 @@ use std::borrow::Cow;
 use serde_json::Value as Json;
 use serde_json::value::RawValue;
 
-use crate::profile::{Field, Kind, Profile, Value};
+use crate::model::profile::{Field, Kind, Profile, Value};
 
 /// Equal when lower-cased (emails and usernames: Auth0 stores both lower-cased).
 pub fn equal_ignoring_case(a: &str, b: &str) -> bool {

@@ -14,9 +14,28 @@
 
 use serde_json::{Map, Value as Json};
 
-use crate::baseline::{self, KeyValues, PackedBaselines, Seen};
-use crate::config::PushedEmailVerified;
-use crate::profile::{Field, Kind, Profile, Value};
+use crate::model::baseline::{self, KeyValues, PackedBaselines, Seen};
+use crate::model::classify::{Status, Verdict};
+use crate::model::profile::{Auth0User, Field, Kind, Profile, Value};
+
+/// What a run does with an `orphaned` user (`reconcile.orphans`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrphanAction {
+    /// Report it only (the default).
+    Report,
+    /// Block it in Auth0 (once: an already blocked user is not patched again).
+    Block,
+}
+
+/// What a pushed email states as `email_verified` when the legacy query does not return it
+/// (`reconcile.pushed_email_verified`); with the column, the legacy value always wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushedEmailVerified {
+    /// `false`: a new address is not claimed verified (the default).
+    False,
+    /// Auth0's current value for the old address.
+    Keep,
+}
 
 /// Root attributes a push may set on a migrated user by default (the reference's list).
 pub const DEFAULT_MIGRATED_FIELDS: [Field; 7] = [
@@ -115,9 +134,35 @@ impl Push {
     }
 }
 
+/// The push a verdict plans, if any: the legacy side's changes of a `stranded` user (`changed`
+/// are the keys it changed), and the block of an `orphaned` one under `orphans = "block"`.
+pub fn for_verdict(
+    verdict: &Verdict,
+    user: &Auth0User<'_>,
+    legacy: Option<&Profile<'_>>,
+    policy: &PushPolicy,
+    orphans: OrphanAction,
+) -> Option<Push> {
+    let ids = (user.auth0_id, user.legacy_id);
+    match (verdict.status, legacy) {
+        (Status::Stranded, Some(legacy)) => {
+            let changed: Vec<&KeyValues> = verdict
+                .legacy_changed
+                .iter()
+                .map(|&index| &verdict.keys[index])
+                .collect();
+            Some(plan_user(ids, &changed, legacy, &user.profile, policy))
+        }
+        (Status::Orphaned, None) if orphans == OrphanAction::Block => {
+            Some(block_orphan(ids, &user.profile))
+        }
+        _ => None,
+    }
+}
+
 /// `orphans = "block"`: block a migrated user whose legacy row is gone, unless it is blocked
 /// already (then nothing is sent, run after run).
-pub fn block_orphan(auth0_id: &str, legacy_id: &str, auth0: &Profile<'_>) -> Push {
+fn block_orphan((auth0_id, legacy_id): (&str, &str), auth0: &Profile<'_>) -> Push {
     let blocked = matches!(auth0.get(Field::Blocked), Some(Value::Bool(true)));
     let mut push = Push {
         auth0_id: auth0_id.to_owned(),
@@ -233,8 +278,8 @@ fn metadata_value(object: Option<&Value<'_>>, key: &str) -> Json {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::baseline::key_values;
-    use crate::profile::fixtures::{object, profile, text};
+    use crate::model::baseline::key_values;
+    use crate::model::profile::fixtures::{object, profile, text};
     use serde_json::json;
 
     /// A PATCH body from a JSON object literal.
@@ -285,7 +330,10 @@ mod tests {
         );
         assert_eq!(
             plan_with(&policy(true)).keys,
-            [("email".to_owned(), crate::baseline::hash(Some("new@x.io")))]
+            [(
+                "email".to_owned(),
+                crate::model::baseline::hash(Some("new@x.io"))
+            )]
         );
         let keep_and_mail = PushPolicy {
             pushed_email_verified: PushedEmailVerified::Keep,

@@ -18,9 +18,9 @@ use serde_json::{Map, Value as Json};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth0::{Auth0Client, Auth0Error, EndpointClass};
-use crate::equality::equal_ignoring_case;
-use crate::profile::Field;
-use crate::push::plan::Push;
+use crate::model::equality::equal_ignoring_case;
+use crate::model::plan::Push;
+use crate::model::profile::Field;
 use crate::state::{JournalState, StateError, StateStore};
 use crate::timestamp;
 

@@ -1,0 +1,16 @@
+//! The domain core: pure rules, no I/O, no threads. What a profile is, when two values are
+//! equal, what a baseline remembers, each user's verdict, and the push a verdict plans.
+//!
+//! - [`profile`]: the profile fields, their values, the packed legacy record, `Auth0User`.
+//! - [`equality`]: the one equality rule, as a canonical form per value.
+//! - [`baseline`]: the hashes of agreed values, packed per user; which side changed a key.
+//! - [`classify`]: one user's verdict from both sides and its baseline; the field diffs.
+//! - [`plan`]: the push a verdict plans, as the PATCH bodies Auth0 accepts.
+//! - [`guard`]: the fraction guard that refuses a push too large to be real edits.
+
+pub mod baseline;
+pub mod classify;
+pub mod equality;
+pub mod guard;
+pub mod plan;
+pub mod profile;
