@@ -1,4 +1,5 @@
-//! Every byte format's building blocks, in one place. Variable-length integers (unsigned LEB128: 7 bits per byte, low first, the high bit set on
+//! Every byte format's building blocks, in one place: FNV-1a, the fixed-width framing, and
+//! variable-length integers (unsigned LEB128: 7 bits per byte, low first, the high bit set on
 //! every byte but the last): the one encoding of lengths in driftsync's packed formats — the
 //! legacy record (`profile`), the packed baselines (`baseline`) and the baseline chunks of the
 //! state file (`state::chunks`). Bytes written by one reader's version are read by every other,
@@ -49,6 +50,23 @@ pub fn take_framed(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
     (rest.len() >= length).then(|| rest.split_at(length))
 }
 
+/// FNV-1a's 64-bit offset basis: the state [`fnv1a`] starts from.
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0100_0000_01b3;
+
+/// 64-bit FNV-1a of `bytes`, continuing from `state` ([`FNV_OFFSET`] to start): stable across
+/// builds and platforms, unlike std's hashers. The hashes it makes are stored (baselines) and
+/// shared between processes (the run lock's key), so it never changes; the tests pin it.
+pub const fn fnv1a(state: u64, bytes: &[u8]) -> u64 {
+    let mut hash = state;
+    let mut index = 0;
+    while index < bytes.len() {
+        hash = (hash ^ bytes[index] as u64).wrapping_mul(FNV_PRIME);
+        index += 1;
+    }
+    hash
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,5 +110,17 @@ mod tests {
         assert_eq!(take_framed(rest), Some((&[][..], &[][..])));
         assert_eq!(take_framed(&out[..5]), None, "cut short");
         assert_eq!(take_framed(&out[..3]), None, "no whole length");
+    }
+
+    #[test]
+    fn fnv1a_is_the_published_function() {
+        // The reference values of the FNV test suite (draft-eastlake-fnv): "" and "a".
+        assert_eq!(fnv1a(FNV_OFFSET, b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(FNV_OFFSET, b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a(FNV_OFFSET, b"foobar"), 0x8594_4171_f739_67e8);
+        assert_eq!(
+            fnv1a(fnv1a(FNV_OFFSET, b"foo"), b"bar"),
+            fnv1a(FNV_OFFSET, b"foobar")
+        );
     }
 }

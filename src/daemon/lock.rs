@@ -3,6 +3,7 @@
 //! releases it, so a crashed replica never leaves it held. Taking an advisory lock writes no
 //! data: it is allowed on a read-only role and a hot standby, and the database stays unchanged.
 
+use crate::codec;
 use crate::config::Config;
 use crate::sources::legacy::{self, LegacyError};
 
@@ -20,13 +21,9 @@ pub struct RunLock {
 /// `driftsync:<connection>`, read as a signed 64-bit integer (`pg_try_advisory_lock(bigint)`).
 /// It is the value earlier versions took from the baseline hash, which may now change freely.
 fn key(connection: &str) -> i64 {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0100_0000_01b3;
-    let mut hash = (OFFSET ^ 0x01).wrapping_mul(PRIME);
-    for byte in "driftsync:".bytes().chain(connection.bytes()) {
-        hash = (hash ^ u64::from(byte)).wrapping_mul(PRIME);
-    }
-    hash as i64
+    let hash = codec::fnv1a(codec::FNV_OFFSET, &[0x01]);
+    let hash = codec::fnv1a(hash, b"driftsync:");
+    codec::fnv1a(hash, connection.as_bytes()) as i64
 }
 
 /// Takes the lock if no other replica holds it.

@@ -25,7 +25,7 @@ use crate::sources::export::{self, ExportError, Interpreted, MAX_LINE_BYTES};
 
 use super::joined::{Joined, WithoutRow};
 use super::progress::Counters;
-use super::table::{LegacyTable, MissingRef, Taken, TakenUser};
+use super::table::{LegacyTable, MissingRef, Moment, Taken, TakenUser};
 use super::{Context, EngineError};
 
 /// Threads that parse and classify export lines: with decompression on a thread of its own,
@@ -460,18 +460,22 @@ impl Joined {
         phase: Phase<'_>,
     ) -> Result<(), LineError> {
         let Sides { table, context, .. } = *sides;
-        let (legacy_done, rejoin) = match phase {
+        let moment = match phase {
             Phase::Streaming(legacy) => {
                 // Enough held aside: from here on every profile waits for its row.
                 if legacy.parked_bytes.load(Ordering::Relaxed) > PARK_LIMIT_BYTES && !legacy.wait()
                 {
                     return Err((number, EngineError::LegacyReadFailed));
                 }
-                (legacy.is_done(), false)
+                if legacy.is_done() {
+                    Moment::RowsIn
+                } else {
+                    Moment::RowsArriving
+                }
             }
-            Phase::Rejoin => (true, true),
+            Phase::Rejoin => Moment::Rejoin,
         };
-        let taken_as = table.take(user.legacy_id, taken, legacy_done, rejoin);
+        let taken_as = table.take(user.legacy_id, taken, moment);
         if let Taken::Parked = taken_as {
             // Kept in a minimal form: many parked profiles are orphans that wait to the end.
             let minimal = export::minimal_line(user, context.kept, context.filter);

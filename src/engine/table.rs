@@ -203,6 +203,18 @@ fn bury(entry: &mut [u8]) {
     }
 }
 
+/// When a profile asks for its legacy user, which decides what an id the table does not hold
+/// becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Moment {
+    /// Legacy rows still arrive: an unknown id is parked, and its line joined again later.
+    RowsArriving,
+    /// Every row is in: an unknown id has none.
+    RowsIn,
+    /// A parked line joined again once every row is in: still parked means it has no row.
+    Rejoin,
+}
+
 /// What [`LegacyTable::take`] found for an id.
 pub enum Taken {
     /// The legacy user; its record and stored baselines are in the caller's buffer.
@@ -212,7 +224,7 @@ pub enum Taken {
     /// No legacy row: the id stays in the table as a tombstone, found again with
     /// [`LegacyTable::ids_of`].
     Missing(MissingRef),
-    /// Not here yet: the caller keeps the line and joins it again with `rejoin`.
+    /// Not here yet: the caller keeps the line and joins it again at [`Moment::Rejoin`].
     Parked,
 }
 
@@ -523,9 +535,10 @@ impl LegacyTable {
     }
 
     /// Takes the legacy user `id` out (into `buffer`, reused from user to user), leaving a
-    /// tombstone. An unknown id is parked while `legacy_done` is false (its line is joined
-    /// again later, with `rejoin`), and leaves a tombstone otherwise.
-    pub fn take(&self, id: &str, buffer: &mut TakenUser, legacy_done: bool, rejoin: bool) -> Taken {
+    /// tombstone. What an unknown id becomes depends on the `moment` (see [`Moment`]).
+    pub fn take(&self, id: &str, buffer: &mut TakenUser, moment: Moment) -> Taken {
+        let rejoin = moment == Moment::Rejoin;
+        let legacy_done = moment != Moment::RowsArriving;
         let id = id.as_bytes();
         let hash = self.hash(id);
         let mut shard = self.shard(hash);
@@ -803,7 +816,7 @@ mod tests {
         assert_eq!(table.remaining(), 3);
         let mut taken = TakenUser::default();
         assert!(matches!(
-            table.take("c", &mut taken, true, false),
+            table.take("c", &mut taken, Moment::RowsIn),
             Taken::Legacy
         ));
         assert_eq!(table.remaining(), 2);
@@ -827,13 +840,13 @@ mod tests {
         let mut user = TakenUser::default();
         let mut new_sets = Vec::new();
         assert!(matches!(
-            table.take("1", &mut user, true, false),
+            table.take("1", &mut user, Moment::RowsIn),
             Taken::Legacy
         ));
         // A new set that fits in place of the record.
         new_sets
             .push(table.set_new_baselines(&user, &pack(Seen::Migrated, &[("name".to_owned(), 1)])));
-        let take = |id| table.take(id, &mut TakenUser::default(), true, false);
+        let take = |id| table.take(id, &mut TakenUser::default(), Moment::RowsIn);
         assert!(matches!(take("1"), Taken::AlreadySeen));
         assert!(matches!(take("9"), Taken::Missing(_)));
         assert!(matches!(take("9"), Taken::AlreadySeen));
@@ -841,7 +854,7 @@ mod tests {
         assert_eq!(user.baselines().find("email"), Some(5));
         assert_eq!(table.remaining(), 1);
         assert!(matches!(
-            table.take("2", &mut user, true, false),
+            table.take("2", &mut user, Moment::RowsIn),
             Taken::Legacy
         ));
         assert!(user.baselines().is_empty());
@@ -853,31 +866,31 @@ mod tests {
         );
         new_sets.push(table.set_new_baselines(&user, &long));
         assert!(matches!(
-            table.take("2", &mut user, true, false),
+            table.take("2", &mut user, Moment::RowsIn),
             Taken::AlreadySeen
         ));
         // A profile that comes before its row is parked; joined again it finds the row, or
         // is missing for good.
         assert!(matches!(
-            table.take("5", &mut user, false, false),
+            table.take("5", &mut user, Moment::RowsArriving),
             Taken::Parked
         ));
         assert!(matches!(
-            table.take("5", &mut user, false, false),
+            table.take("5", &mut user, Moment::RowsArriving),
             Taken::AlreadySeen
         ));
         assert!(matches!(
-            table.take("6", &mut user, false, false),
+            table.take("6", &mut user, Moment::RowsArriving),
             Taken::Parked
         ));
         assert_eq!(table.insert("5", &record("e@x.io")).unwrap(), Inserted::New);
         assert!(matches!(
-            table.take("5", &mut user, true, true),
+            table.take("5", &mut user, Moment::Rejoin),
             Taken::Legacy
         ));
         assert_eq!(user.legacy().profile.text(Field::Email), Some("e@x.io"));
         assert!(matches!(
-            table.take("6", &mut user, true, true),
+            table.take("6", &mut user, Moment::Rejoin),
             Taken::Missing(_)
         ));
         new_sets.reverse();

@@ -16,6 +16,7 @@ use std::borrow::Cow;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value as Json};
 
+use crate::codec;
 use crate::model::equality::{canonical, canonical_member};
 use crate::model::profile::{Field, Kind, Profile, Value};
 
@@ -212,20 +213,12 @@ impl<'de: 'a, 'a> serde::Deserialize<'de> for RawObject<'a> {
 
 /// FNV-1a over the canonical form: stable across builds and platforms, unlike std's hashers.
 pub const fn hash(canonical: Option<&str>) -> i64 {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0100_0000_01b3;
     // A leading tag byte tells "no value" from any text, the empty text included.
     let (tag, bytes): (u8, &[u8]) = match canonical {
         Some(text) => (1, text.as_bytes()),
         None => (0, &[]),
     };
-    let mut hash = (OFFSET ^ tag as u64).wrapping_mul(PRIME);
-    let mut index = 0;
-    while index < bytes.len() {
-        hash = (hash ^ bytes[index] as u64).wrapping_mul(PRIME);
-        index += 1;
-    }
-    hash as i64
+    codec::fnv1a(codec::fnv1a(codec::FNV_OFFSET, &[tag]), bytes) as i64
 }
 
 /// Hashes common enough to be stored as a one-byte code (see [`PackedBaselines`]): no value
