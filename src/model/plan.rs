@@ -90,6 +90,75 @@ impl PushPolicy {
     }
 }
 
+/// One PATCH body: the attributes it sets, as (name, JSON value) pairs. It is sent, journaled
+/// and compared as the JSON object [`Body::to_json`] makes; kept as pairs because a large run
+/// plans tens of thousands of pushes, and a map per body costs several hundred bytes more.
+#[derive(Debug, Clone, Default)]
+pub struct Body(Vec<(&'static str, Json)>);
+
+impl Body {
+    pub fn get(&self, name: &str) -> Option<&Json> {
+        self.0
+            .iter()
+            .find(|(key, _)| *key == name)
+            .map(|(_, value)| value)
+    }
+
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// Sets `name` (replacing its value when it is set already).
+    pub fn insert(&mut self, name: &'static str, value: Json) {
+        match self.0.iter_mut().find(|(key, _)| *key == name) {
+            Some((_, current)) => *current = value,
+            None => self.0.push((name, value)),
+        }
+    }
+
+    fn remove(&mut self, name: &str) -> Option<Json> {
+        let position = self.0.iter().position(|(key, _)| *key == name)?;
+        Some(self.0.remove(position).1)
+    }
+
+    /// The value of `name`, inserted as `value` first when it is not set.
+    fn entry(&mut self, name: &'static str, value: impl FnOnce() -> Json) -> &mut Json {
+        let position = match self.0.iter().position(|(key, _)| *key == name) {
+            Some(position) => position,
+            None => {
+                self.0.push((name, value()));
+                self.0.len() - 1
+            }
+        };
+        &mut self.0[position].1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &Json)> {
+        self.0.iter().map(|(key, value)| (*key, value))
+    }
+
+    /// The body as Auth0 receives it and the journal keeps it (keys sorted).
+    pub fn to_json(&self) -> Json {
+        Json::Object(
+            self.0
+                .iter()
+                .map(|(key, value)| ((*key).to_owned(), value.clone()))
+                .collect(),
+        )
+    }
+}
+
+/// Bodies are equal when they set the same attributes to the same values, in any order.
+impl PartialEq for Body {
+    fn eq(&self, other: &Body) -> bool {
+        self.to_json() == other.to_json()
+    }
+}
+
 /// One user's push, the one type it is from planning to the journal: whom it is for, the
 /// requests, what could not be sent, and what its success records in the baselines.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -97,7 +166,7 @@ pub struct Push {
     pub auth0_id: String,
     pub legacy_id: String,
     /// The PATCH bodies, sent in order; none when nothing needs sending.
-    pub bodies: Vec<Map<String, Json>>,
+    pub bodies: Vec<Body>,
     /// The keys the bodies set, with the hash of their legacy value, for the baselines.
     pub keys: Vec<(String, i64)>,
     /// Root fields the legacy side changed that Auth0 does not accept for this user.
@@ -170,8 +239,8 @@ fn block_orphan((auth0_id, legacy_id): (&str, &str), auth0: &Profile<'_>) -> Pus
         ..Push::default()
     };
     if !blocked {
-        let mut body = Map::new();
-        body.insert("blocked".into(), Json::Bool(true));
+        let mut body = Body::default();
+        body.insert("blocked", Json::Bool(true));
         push.bodies.push(body);
     }
     push
@@ -185,7 +254,7 @@ pub fn plan_user(
     auth0: &Profile<'_>,
     policy: &PushPolicy,
 ) -> Push {
-    let mut body = Map::new();
+    let mut body = Body::default();
     let mut keys = Vec::new();
     let mut refused = Vec::new();
     for values in changed {
@@ -205,9 +274,7 @@ pub fn plan_user(
         match (field.kind(), metadata_key) {
             (Kind::Object, Some(key)) => {
                 let value = metadata_value(legacy.get(field), key);
-                let object = body
-                    .entry(field.name())
-                    .or_insert_with(|| Json::Object(Map::new()));
+                let object = body.entry(field.name(), || Json::Object(Map::new()));
                 if let Json::Object(object) = object {
                     object.insert(key.to_owned(), value);
                 }
@@ -215,7 +282,7 @@ pub fn plan_user(
             (Kind::Object, None) => continue,
             (Kind::Bool, _) => {
                 let value = matches!(legacy.get(field), Some(Value::Bool(true)));
-                body.insert(field.name().to_owned(), Json::Bool(value));
+                body.insert(field.name(), Json::Bool(value));
             }
             (Kind::Text, _) => {
                 let text = legacy.text(field).filter(|text| !text.is_empty());
@@ -225,7 +292,7 @@ pub fn plan_user(
                     continue;
                 }
                 body.insert(
-                    field.name().to_owned(),
+                    field.name(),
                     text.map_or(Json::Null, |text| Json::String(text.to_owned())),
                 );
             }
@@ -235,9 +302,9 @@ pub fn plan_user(
     if body.contains_key("email") {
         if !body.contains_key("email_verified") {
             let verified = policy.email_verified(legacy, auth0);
-            body.insert("email_verified".into(), Json::Bool(verified));
+            body.insert("email_verified", Json::Bool(verified));
         }
-        body.insert("verify_email".into(), Json::Bool(policy.verify_email));
+        body.insert("verify_email", Json::Bool(policy.verify_email));
     }
     let mut bodies = Vec::new();
     // Auth0 rejects username together with email or email_verified (and password, never sent
@@ -245,9 +312,9 @@ pub fn plan_user(
     if body.contains_key("username")
         && (body.contains_key("email") || body.contains_key("email_verified"))
     {
-        let mut username = Map::new();
+        let mut username = Body::default();
         if let Some(value) = body.remove("username") {
-            username.insert("username".into(), value);
+            username.insert("username", value);
         }
         bodies.push(body);
         bodies.push(username);
@@ -283,9 +350,15 @@ mod tests {
     use serde_json::json;
 
     /// A PATCH body from a JSON object literal.
-    fn body(value: Json) -> Map<String, Json> {
+    fn body(value: Json) -> Body {
         match value {
-            Json::Object(map) => map,
+            Json::Object(map) => {
+                let mut body = Body::default();
+                for (key, value) in map {
+                    body.insert(Box::leak(key.into_boxed_str()), value);
+                }
+                body
+            }
             other => panic!("not an object: {other}"),
         }
     }
@@ -363,7 +436,10 @@ mod tests {
             &from_legacy,
         );
         assert_eq!(
-            plan.bodies[0]["email_verified"],
+            plan.bodies[0]
+                .get("email_verified")
+                .cloned()
+                .unwrap_or_default(),
             json!(true),
             "{:?}",
             plan.bodies

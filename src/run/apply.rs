@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use reqwest::Method;
-use serde_json::{Map, Value as Json};
+use serde_json::Value as Json;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth0::{Auth0Client, Auth0Error, EndpointClass};
@@ -110,7 +110,7 @@ async fn push_user(
     stop: &CancellationToken,
 ) -> Result<Outcome, ApplyError> {
     for body in &push.bodies {
-        let body = Json::Object(body.clone());
+        let body = body.to_json();
         let text = body.to_string();
         let (run, user) = (run_id.to_string(), push.auth0_id.clone());
         let entry = journal(store, move |store| {
@@ -229,7 +229,9 @@ pub async fn recover(client: &Auth0Client, store: &Store) -> Result<Recovered, R
     let entries = journal(store, |store| store.unresolved()).await?;
     let mut recovered = Recovered::default();
     for entry in entries {
-        let body: Map<String, Json> = serde_json::from_str(&entry.body).unwrap_or_default();
+        // A body that does not read back (a damaged journal) is never taken as in effect: the
+        // change is then superseded and planned again from fresh data.
+        let body: Json = serde_json::from_str(&entry.body).unwrap_or(Json::Null);
         let profile = client.user(&entry.user_id).await?;
         let in_effect = profile
             .as_ref()
@@ -263,7 +265,10 @@ pub enum RecoverError {
 /// Whether a PATCH body's effect is visible in a profile: root values equal (`null` = absent;
 /// emails and usernames in any case, as Auth0 stores them lower-cased), metadata keys equal
 /// (`null` = removed). `verify_email` asks for a mail and leaves nothing in the profile.
-pub fn is_in_effect(body: &Map<String, Json>, profile: &Json) -> bool {
+pub fn is_in_effect(body: &Json, profile: &Json) -> bool {
+    let Some(body) = body.as_object() else {
+        return false;
+    };
     body.iter().all(|(key, sent)| {
         let current = profile.get(key).unwrap_or(&Json::Null);
         let ignores_case = Field::from_name(key).is_some_and(Field::ignores_case);
@@ -325,8 +330,7 @@ mod tests {
 
     #[test]
     fn a_body_is_in_effect_when_the_profile_shows_it() {
-        let body = json!({"email": "New@x.io", "email_verified": true, "user_metadata": {"lang": "de", "gone": null}});
-        let body = body.as_object().unwrap();
+        let body = &json!({"email": "New@x.io", "email_verified": true, "user_metadata": {"lang": "de", "gone": null}});
         let applied = json!({"email": "new@x.io", "email_verified": true, "user_metadata": {"lang": "de", "keep": 1}});
         assert!(is_in_effect(body, &applied));
         let not_yet =
@@ -334,23 +338,16 @@ mod tests {
         assert!(!is_in_effect(body, &not_yet));
         let key_still_there = json!({"email": "new@x.io", "email_verified": true, "user_metadata": {"lang": "de", "gone": 1}});
         assert!(!is_in_effect(body, &key_still_there));
-        assert!(is_in_effect(
-            json!({"blocked": false}).as_object().unwrap(),
-            &json!({})
-        ));
-        assert!(is_in_effect(
-            json!({"name": null}).as_object().unwrap(),
-            &json!({"email": "a"})
-        ));
+        assert!(is_in_effect(&json!({"blocked": false}), &json!({})));
+        assert!(is_in_effect(&json!({"name": null}), &json!({"email": "a"})));
         let username = json!({"username": "PatK"});
-        assert!(is_in_effect(
-            username.as_object().unwrap(),
-            &json!({"username": "patk"})
-        ));
+        assert!(is_in_effect(&username, &json!({"username": "patk"})));
         let email = json!({"email": "a@x.io", "email_verified": false, "verify_email": false});
         assert!(is_in_effect(
-            email.as_object().unwrap(),
+            &email,
             &json!({"email": "a@x.io", "email_verified": false})
         ));
+        // A journal body that does not read back is not in effect.
+        assert!(!is_in_effect(&Json::Null, &json!({"email": "a@x.io"})));
     }
 }

@@ -66,7 +66,7 @@ impl PushPhase<'_> {
                 self.recovered.get(&push.auth0_id).is_some_and(|profile| {
                     push.bodies
                         .iter()
-                        .all(|body| apply::is_in_effect(body, profile))
+                        .all(|body| apply::is_in_effect(&body.to_json(), profile))
                 })
             });
         if !in_effect.is_empty() {
