@@ -151,7 +151,7 @@ pub async fn run(
     }
     writeln!(
         out,
-        "reconcile  {}; orphans: {}; max_push_fraction {}",
+        "reconcile  {}; orphans: {}; max_push_fraction {}; max_shrink_fraction {}",
         if config.reconcile.push {
             "push on"
         } else {
@@ -161,7 +161,8 @@ pub async fn run(
             OrphanAction::Report => "report",
             OrphanAction::Block => "block",
         },
-        config.reconcile.max_push_fraction
+        config.reconcile.max_push_fraction,
+        config.reconcile.max_shrink_fraction
     )?;
     writeln!(out, "\nEverything checked; nothing was written.")?;
     Ok(())

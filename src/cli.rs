@@ -169,6 +169,13 @@ struct ReconcileArgs {
     /// changes are real.
     #[arg(long, value_name = "FRACTION", requires = "push", value_parser = fraction)]
     max_push_fraction: Option<f64>,
+
+    /// Run although the legacy rows or the Auth0 users fell by more than
+    /// `reconcile.max_shrink_fraction` since the last successful full run. Without it such a
+    /// run stops (exit 1) before anything is pushed or recorded: the usual cause is a broken
+    /// mapping query or a truncated export. Use it once, after checking that the fall is real.
+    #[arg(long)]
+    allow_shrink: bool,
 }
 
 fn fraction(text: &str) -> Result<f64, String> {
@@ -290,6 +297,7 @@ async fn reconcile_command(config: &Config, args: ReconcileArgs) -> anyhow::Resu
         progress: true,
         push: args.push,
         max_push_fraction: args.max_push_fraction,
+        allow_shrink: args.allow_shrink,
         report_file: args
             .output
             .clone()

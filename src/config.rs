@@ -94,6 +94,9 @@ pub struct Reconcile {
     pub push_fields: Option<Vec<Field>>,
     pub push: bool,
     pub max_push_fraction: f64,
+    /// A full run stops when its legacy rows or Auth0 users fell by more than this fraction
+    /// against the last successful full run.
+    pub max_shrink_fraction: f64,
     pub orphans: OrphanAction,
     pub pushed_email_verified: PushedEmailVerified,
     /// `verify_email` sent with every pushed email: whether Auth0 mails a verification link.
@@ -175,6 +178,7 @@ struct RawReconcile {
     push_fields: Option<Vec<String>>,
     push: Option<bool>,
     max_push_fraction: Option<f64>,
+    max_shrink_fraction: Option<f64>,
     orphans: Option<String>,
     pushed_email_verified: Option<String>,
     verify_email: Option<bool>,
@@ -392,6 +396,13 @@ impl Config {
                 format!("{max_push_fraction} is not between 0 and 1"),
             ));
         }
+        let max_shrink_fraction = raw.reconcile.max_shrink_fraction.unwrap_or(0.10);
+        if !(0.0..=1.0).contains(&max_shrink_fraction) {
+            return Err(invalid(
+                "reconcile.max_shrink_fraction",
+                format!("{max_shrink_fraction} is not between 0 and 1"),
+            ));
+        }
         let orphans = match raw.reconcile.orphans.as_deref() {
             None | Some("report") => OrphanAction::Report,
             Some("block") => OrphanAction::Block,
@@ -483,6 +494,7 @@ impl Config {
                 push_fields,
                 push,
                 max_push_fraction,
+                max_shrink_fraction,
                 orphans,
                 pushed_email_verified,
                 verify_email: raw.reconcile.verify_email.unwrap_or(false),
@@ -610,6 +622,7 @@ mod tests {
         assert_eq!(config.reconcile.fields, None);
         assert!(!config.reconcile.push);
         assert_eq!(config.reconcile.max_push_fraction, 0.05);
+        assert_eq!(config.reconcile.max_shrink_fraction, 0.10);
         assert_eq!(config.reconcile.orphans, OrphanAction::Report);
         assert_eq!(
             config.reconcile.pushed_email_verified,
@@ -686,6 +699,10 @@ mod tests {
             (
                 "[reconcile]\nmax_push_fraction = 1.5",
                 "reconcile.max_push_fraction",
+            ),
+            (
+                "[reconcile]\nmax_shrink_fraction = -0.1",
+                "reconcile.max_shrink_fraction",
             ),
             ("[reconcile]\norphans = \"delete\"", "reconcile.orphans"),
             (

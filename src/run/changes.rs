@@ -102,10 +102,7 @@ pub(super) async fn run(run: Run<'_>, env: &dyn Environment) -> Result<Finished,
     let mut classified = users.finish();
     classified.summary.legacy_users = rows.len() as u64;
     // The guard's denominator is the size of the tenant as the last full run saw it.
-    let tenant_users = with_store(run.store, |store| store.last_full_summary())?
-        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
-        .and_then(|summary| summary["auth0_users"].as_u64())
-        .unwrap_or(0);
+    let tenant_users = run.last_full_counts()?.map_or(0, |(_, auth0)| auth0);
     let client = Some(client);
     run.conclude(
         client.as_ref(),

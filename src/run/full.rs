@@ -9,6 +9,7 @@ use crate::auth0::export_job::{self, ExportOptions};
 use crate::auth0::{Auth0Client, Job};
 use crate::config::{CacheSource, Config, Environment};
 use crate::engine::{FullPass, rss_mib};
+use crate::model::guard::{self, Sizes};
 use crate::model::profile::Field;
 use crate::model::profile::MigratedRule;
 use crate::report::Summary;
@@ -147,6 +148,22 @@ pub(super) async fn run(run: Run<'_>, env: &dyn Environment) -> Result<Finished,
         rss_mib = rss_mib(),
         "classified every user"
     );
+    if !options.allow_shrink
+        && let Some((legacy_before, auth0_before)) = run.last_full_counts()?
+    {
+        let summary = &classified.summary;
+        guard::check_shrink(
+            Sizes {
+                before: legacy_before,
+                now: summary.legacy_users,
+            },
+            Sizes {
+                before: auth0_before,
+                now: summary.auth0_users,
+            },
+            config.reconcile.max_shrink_fraction,
+        )?;
+    }
     let notes = first_run_notes(first_run, &config.auth0.migrated, &classified.summary);
     let pushable = classified.pushable_users;
     run.conclude(client.as_ref(), &recovered, classified, pushable, notes)

@@ -28,6 +28,7 @@ use crate::auth0::export_job::ExportOptions;
 use crate::auth0::{Auth0Error, RetryPolicy};
 use crate::config::{Config, Environment};
 use crate::engine::EngineError;
+use crate::model::guard::Shrink;
 use crate::report::{PreparedFile, Report, RunInfo};
 use crate::sources::export::ExportError;
 use crate::sources::legacy::LegacyError;
@@ -60,6 +61,9 @@ pub enum RunError {
     },
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// The shrink guard refused a full run (`reconcile.max_shrink_fraction`).
+    #[error(transparent)]
+    Shrunk(#[from] Shrink),
     #[error("cache.source = \"file\" needs cache.file (or --cache-file) naming the Auth0 export")]
     NoCacheFile,
     #[error(
@@ -107,6 +111,9 @@ pub struct RunOptions {
     pub push: bool,
     /// Overrides `reconcile.max_push_fraction` for this run.
     pub max_push_fraction: Option<f64>,
+    /// Lets a full run go on although its legacy rows or Auth0 users fell by more than
+    /// `reconcile.max_shrink_fraction` (`--allow-shrink`).
+    pub allow_shrink: bool,
     /// Where the run writes its report (written while the state is updated; see
     /// [`Finished::report_file`]).
     pub report_file: Option<(PathBuf, crate::report::Format)>,
@@ -127,6 +134,7 @@ impl Default for RunOptions {
             retry: RetryPolicy::default(),
             push: false,
             max_push_fraction: None,
+            allow_shrink: false,
             report_file: None,
             concurrency: apply::DEFAULT_CONCURRENCY,
             stop: CancellationToken::new(),
@@ -217,6 +225,7 @@ pub async fn run_kind(
         ),
         Err(RunError::Interrupted { .. } | RunError::Stopped) => ("interrupted", String::new()),
         Err(RunError::NoWatermark) => ("skipped", String::new()),
+        Err(RunError::Shrunk(_)) => ("refused", String::new()),
         Err(_) => ("failed", String::new()),
     };
     // The outcome is recorded even for a failed run; a failure to record it must not hide the

@@ -91,6 +91,16 @@ impl Setup {
 }
 
 impl Run<'_> {
+    /// The legacy users and Auth0 users the last successful full run saw, if there was one.
+    pub fn last_full_counts(&self) -> Result<Option<(u64, u64)>, RunError> {
+        let summary = with_store(self.store, |store| store.last_full_summary())?
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok());
+        Ok(summary.map(|summary| {
+            let count = |key: &str| summary[key].as_u64().unwrap_or(0);
+            (count("legacy_users"), count("auth0_users"))
+        }))
+    }
+
     /// The progress line on stderr, when asked for and stderr is a terminal.
     pub fn ticker(&self, counters: impl FnOnce() -> Arc<Counters>) -> Option<Ticker> {
         (self.options.progress && std::io::stderr().is_terminal())
