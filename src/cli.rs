@@ -14,7 +14,7 @@ use crate::config::{Config, ProcessEnv};
 use crate::private_file::PRIVATE;
 use crate::report::{self, Format};
 use crate::run::{self, RunOptions};
-use crate::{check, daemon};
+use crate::{check, daemon, explain};
 
 const EXIT_ERROR: u8 = 1;
 const EXIT_NEEDS_ACTION: u8 = 2;
@@ -85,6 +85,16 @@ enum Command {
     /// the configuration (an invalid one is logged and the old one kept); SIGTERM or SIGINT
     /// lets the running step finish and journal, then exits 0 within 10 s.
     Daemon,
+    /// Explain one user's status: both sides' values of every compared key, whether they are
+    /// equal and by which rule, what the stored baseline says, the verdict, and the PATCH a
+    /// push would send.
+    ///
+    /// Reads the legacy row with the mapping query restricted to USER_ID (read only), the Auth0
+    /// profile through the Management API (GET /api/v2/users/{id}) or from the export file
+    /// (--cache-file, or `cache.source = "file"`), and the user's baseline from the state file.
+    /// With --push, sends this user's push now, journaled like a run's. Exits 1 when the user
+    /// exists on neither side, 2 when it still needs action, 0 otherwise.
+    Explain(ExplainArgs),
     /// Check the configuration without writing anything: validate it, run the mapping query
     /// with LIMIT 0 (read only), get an Auth0 token and read the connection, open the export
     /// file; print what was found.
@@ -185,6 +195,34 @@ fn fraction(text: &str) -> Result<f64, String> {
     }
 }
 
+#[derive(Args)]
+struct ExplainArgs {
+    /// The user, with or without `auth0|` (e.g. `auth0|42` or `42`).
+    #[arg(value_name = "USER_ID")]
+    user_id: String,
+
+    /// Send this user's push now (journaled exactly like a run's push), instead of only
+    /// showing it.
+    #[arg(long)]
+    push: bool,
+
+    /// Read the Auth0 profile from this users-export file (NDJSON, gzip or plain) instead of
+    /// the Management API.
+    #[arg(long, value_name = "FILE")]
+    cache_file: Option<PathBuf>,
+
+    /// Output format: `table` for people, `json` for programs.
+    #[arg(long, value_enum, default_value_t = PeopleOrPrograms::Table)]
+    format: PeopleOrPrograms,
+}
+
+/// The format of the commands that print one document: a table for people or JSON.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PeopleOrPrograms {
+    Table,
+    Json,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum FormatArg {
     Table,
@@ -270,6 +308,23 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Daemon => {
             daemon::run(cli.config).await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Explain(args) => {
+            let config = Config::load(&cli.config, &ProcessEnv)?;
+            let options = explain::Options {
+                user_id: args.user_id,
+                push: args.push,
+                cache_file: args.cache_file,
+                json: args.format == PeopleOrPrograms::Json,
+            };
+            let mut out = std::io::stdout().lock();
+            let explained = explain::run(&config, &options, &ProcessEnv, &mut out).await?;
+            out.flush().context("cannot write to standard output")?;
+            Ok(if explained.needs_action {
+                ExitCode::from(EXIT_NEEDS_ACTION)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Command::Check => {
             let config = Config::load(&cli.config, &ProcessEnv)?;

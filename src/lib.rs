@@ -16,7 +16,7 @@
 //!   behind one entry point.
 //! - [`run`]: one run of either kind (full or changes): shared setup, the pass, the journaled
 //!   push, the state update.
-//! - commands: [`check`], [`daemon`], `demo` (feature `demo`, on by default: the whole job on
+//! - commands: [`check`], [`explain`], [`daemon`], `demo` (feature `demo`, on by default: the whole job on
 //!   generated data against the Auth0 simulator of the `driftsync-testkit` crate), [`cli`].
 
 pub mod auth0;
@@ -29,6 +29,7 @@ pub mod daemon;
 pub mod demo;
 pub mod engine;
 mod error_text;
+pub mod explain;
 pub mod metrics;
 pub mod model;
 mod priority;

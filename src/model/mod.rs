@@ -6,7 +6,8 @@
 //! - [`baseline`]: the hashes of agreed values, packed per user; which side changed a key.
 //! - [`classify`]: one user's verdict from both sides and its baseline; the field diffs.
 //! - [`plan`]: the push a verdict plans, as the PATCH bodies Auth0 accepts.
-//! - [`guard`]: the fraction guard that refuses a push too large to be real edits.
+//! - [`guard`]: the guards against a mapping mistake: push fraction, shrink.
+//! - [`trace`]: one user's verdict explained key by key (`driftsync explain`).
 
 pub mod baseline;
 pub mod classify;
@@ -14,3 +15,4 @@ pub mod equality;
 pub mod guard;
 pub mod plan;
 pub mod profile;
+pub mod trace;

@@ -13,7 +13,7 @@
 
 pub mod apply;
 mod changes;
-mod connection;
+pub mod connection;
 mod full;
 mod push;
 mod setup;
@@ -285,7 +285,7 @@ pub(crate) fn with_store<T>(
 }
 
 /// A run id that sorts by time and stays unique across hosts and processes.
-fn new_run_id() -> String {
+pub fn new_run_id() -> String {
     use std::hash::{BuildHasher, RandomState};
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -471,12 +471,13 @@ impl StateStore {
             .map_err(self.error("read the last run"))
     }
 
-    /// The start of the last successful run of any kind: rows changed after it may be new to
-    /// driftsync.
+    /// The start of the last successful full or changes run: rows changed after it may be new
+    /// to driftsync (a one-user `explain --push` read one row only, and moves nothing).
     pub fn watermark(&self) -> Result<Option<String>, StateError> {
         self.connection
             .query_row(
-                "SELECT max(started_at) FROM runs WHERE outcome = 'success'",
+                "SELECT max(started_at) FROM runs
+                 WHERE outcome = 'success' AND kind IN ('full', 'changes')",
                 [],
                 |row| row.get(0),
             )

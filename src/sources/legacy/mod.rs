@@ -416,6 +416,19 @@ pub async fn stream_changed(
     stream_sql(client, &sql, &[&since], required, each).await
 }
 
+/// Like [`stream`], for the one row whose `user_id` is `user_id` (`driftsync explain`).
+pub async fn stream_one(
+    client: &mut Client,
+    query: &str,
+    user_id: &str,
+    required: &[Field],
+    each: impl FnMut(&Columns, LegacyRow<'_>) -> Result<(), LegacyError>,
+) -> Result<Columns, LegacyError> {
+    let inner = query.trim().trim_end_matches(';');
+    let sql = format!("SELECT * FROM ({inner}) AS driftsync_one WHERE user_id = $1::text");
+    stream_sql(client, &sql, &[&user_id], required, each).await
+}
+
 async fn stream_sql(
     client: &mut Client,
     query: &str,

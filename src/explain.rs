@@ -1,0 +1,517 @@
+//! `driftsync explain USER_ID`: why one user has the status it has. Reads the user's legacy row
+//! (the mapping query restricted to that id, in a `READ ONLY` transaction), its Auth0 profile
+//! (`GET /api/v2/users/{id}`, or the export file), and its stored baseline set; classifies it
+//! with the very rules of a run (`model::trace`) and shows every compared key — both values,
+//! whether they are equal and by which rule, what the baseline says — then the verdict and the
+//! PATCH bodies a push would send. With `--push` it sends this user's push now, journaled like
+//! a run's push (provision on demand).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+use serde_json::{Value as Json, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::auth0::{Auth0Client, RetryPolicy, Settings};
+use crate::config::{CacheSource, Config, Environment};
+use crate::model::baseline::{PackedBaselines, Seen};
+use crate::model::classify::{self, Origin, Status, Verdict};
+use crate::model::plan::{self, Push};
+use crate::model::profile::{Auth0User, Field, LegacyRecord, MigratedRule, USER_ID_PREFIX};
+use crate::model::trace::{self, KeyTrace};
+use crate::run::apply::{self, Outcome};
+use crate::run::connection::{Classifying, ConnectionFacts};
+use crate::sources::export::{self, ExportError};
+use crate::sources::legacy;
+use crate::state::StateStore;
+
+/// What `driftsync explain` was asked.
+pub struct Options {
+    /// The user, with or without `auth0|`.
+    pub user_id: String,
+    /// Send the user's push now.
+    pub push: bool,
+    /// Read the Auth0 profile from this export file instead of the Management API.
+    pub cache_file: Option<PathBuf>,
+    pub json: bool,
+}
+
+/// What the explanation found, for the exit code.
+pub struct Explained {
+    /// The user still needs someone (as for `reconcile`'s exit code 2).
+    pub needs_action: bool,
+}
+
+/// The explanation as `--format json` writes it.
+#[derive(Serialize)]
+struct Explanation {
+    user_id: String,
+    legacy_id: String,
+    /// The legacy row's compared values, `null` when the query returns no row for the id.
+    legacy: Option<serde_json::Map<String, Json>>,
+    /// The Auth0 profile's compared values, `null` when there is no such user.
+    auth0: Option<serde_json::Map<String, Json>>,
+    migrated: Option<bool>,
+    /// The stored baseline set: what the last run that matched the user saw of it, and its
+    /// keys; `null` without one.
+    baseline: Option<Json>,
+    fields: Vec<KeyTrace>,
+    status: Status,
+    origin: Option<Origin>,
+    /// The PATCH bodies a push sends, in order.
+    push_bodies: Vec<Json>,
+    /// Root fields the legacy side changed that Auth0 does not accept for this user.
+    push_refused: Vec<Field>,
+    /// What `--push` did: `applied`, `failed` or `not_sent`, with Auth0's reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pushed: Option<Json>,
+}
+
+pub async fn run(
+    config: &Config,
+    options: &Options,
+    env: &dyn Environment,
+    out: &mut dyn Write,
+) -> anyhow::Result<Explained> {
+    let legacy_id = options
+        .user_id
+        .strip_prefix(USER_ID_PREFIX)
+        .unwrap_or(&options.user_id)
+        .to_owned();
+    if legacy_id.is_empty() {
+        bail!("explain needs a user id (with or without `{USER_ID_PREFIX}`)");
+    }
+    let auth0_id = format!("{USER_ID_PREFIX}{legacy_id}");
+
+    // The legacy row, read only.
+    let mut db = legacy::connect(&config.legacy.target).await?;
+    let columns = legacy::describe(&mut db, &config.legacy.query).await?;
+    let fields = match &config.reconcile.fields {
+        Some(fields) => fields.clone(),
+        None => columns.fields(),
+    };
+    let mut record = None;
+    legacy::stream_one(
+        &mut db,
+        &config.legacy.query,
+        &legacy_id,
+        &fields,
+        |_, row| {
+            record = Some(LegacyRecord::from_packed(row.record));
+            Ok(())
+        },
+    )
+    .await?;
+    drop(db);
+
+    // The Auth0 profile: from the export file, or one read through the Management API.
+    let file = options.cache_file.clone().or_else(|| {
+        (config.cache.source == CacheSource::File)
+            .then(|| config.cache.file.clone())
+            .flatten()
+    });
+    let needs_client =
+        file.is_none() || options.push || matches!(config.auth0.migrated, MigratedRule::ImportMode);
+    let client = if needs_client {
+        let settings = Settings::from_config(&config.auth0, env)
+            .context("explain reads the profile or the connection through the Management API (or pass --cache-file)")?;
+        Some(Arc::new(Auth0Client::new(
+            settings,
+            RetryPolicy::from_config(&config.auth0),
+        )?))
+    } else {
+        None
+    };
+    let facts = match &client {
+        Some(client) => {
+            let connection = client.connection_by_name(&config.auth0.connection).await?;
+            ConnectionFacts::read(config, &connection)
+        }
+        None => ConnectionFacts::assumed(config),
+    };
+    let classifying = Classifying::new(config, facts, fields);
+    let line = match (&file, &client) {
+        (Some(path), _) => line_from_file(path, &auth0_id, &classifying)?,
+        (None, Some(client)) => client
+            .user(&auth0_id)
+            .await?
+            .map(|p| p.to_string().into_bytes()),
+        (None, None) => None,
+    };
+
+    // The stored baseline set, if the state file exists (explain alone never creates it).
+    let store = if config.state.path.exists() || options.push {
+        Some(Arc::new(Mutex::new(StateStore::open(&config.state.path)?)))
+    } else {
+        None
+    };
+    let stored: Option<Box<[u8]>> = match &store {
+        Some(store) => lock(store)
+            .baselines_of([legacy_id.as_str()])?
+            .get(&legacy_id)
+            .map(|set| set.0.into()),
+        None => None,
+    };
+    let stored_set = stored.as_deref().map(PackedBaselines);
+
+    let context = classifying.context();
+    let legacy_view = record.as_ref().map(LegacyRecord::view);
+    let mut explanation = None;
+    let mut push = None;
+    let mut each = |user: Auth0User<'_>| {
+        let (verdict, keys) = match &legacy_view {
+            Some(legacy) => {
+                let trace = trace::trace(&context.rules, legacy, &user, stored_set);
+                (trace.verdict, trace.keys)
+            }
+            None => (
+                classify::classify(&context.rules, None, Some(&user), stored_set),
+                Vec::new(),
+            ),
+        };
+        let planned = plan::for_verdict(
+            &verdict,
+            &user,
+            legacy_view.as_ref().map(|legacy| &legacy.profile),
+            context.policy,
+            context.orphans,
+        );
+        explanation = Some(describe(
+            &auth0_id,
+            &legacy_id,
+            &classifying,
+            legacy_view.as_ref().map(|l| &l.profile),
+            Some(&user),
+            stored_set,
+            verdict,
+            keys,
+            planned.as_ref(),
+        ));
+        push = planned.filter(Push::sends);
+    };
+    if let Some(line) = &line {
+        let source = format!("the Auth0 profile of {auth0_id}");
+        export::read::<ExportError>(&source, line.as_slice(), &classifying.filter, |_, user| {
+            each(user);
+            Ok(())
+        })?;
+    }
+    let mut explanation = match (explanation, &legacy_view) {
+        (Some(explanation), _) => explanation,
+        (None, Some(legacy)) => {
+            let verdict = classify::classify(&context.rules, Some(legacy), None, stored_set);
+            describe(
+                &auth0_id,
+                &legacy_id,
+                &classifying,
+                Some(&legacy.profile),
+                None,
+                stored_set,
+                verdict,
+                Vec::new(),
+                None,
+            )
+        }
+        (None, None) => bail!(
+            "user {legacy_id:?} exists on neither side: the mapping query returns no row with \
+             user_id = {legacy_id:?}, and the connection {:?} has no Auth0 user {auth0_id:?}{}",
+            config.auth0.connection,
+            match &file {
+                Some(path) => format!(" in {}", path.display()),
+                None => String::new(),
+            }
+        ),
+    };
+
+    let mut needs_action = explanation.status.needs_action();
+    if options.push {
+        let (Some(push), Some(client), Some(store)) = (push, &client, &store) else {
+            explanation.pushed =
+                Some(json!({"state": "not_sent", "error": "nothing to push for this user"}));
+            render(&explanation, options.json, out)?;
+            return Ok(Explained { needs_action });
+        };
+        let outcome = push_one(client, store, push).await?;
+        if matches!(outcome, Outcome::Applied) {
+            needs_action = false;
+        }
+        explanation.pushed = Some(match outcome {
+            Outcome::Applied => json!({"state": "applied"}),
+            Outcome::Failed(error) => json!({"state": "failed", "error": error}),
+            Outcome::NotSent(reason) => json!({"state": "not_sent", "error": reason}),
+        });
+    }
+    render(&explanation, options.json, out)?;
+    Ok(Explained { needs_action })
+}
+
+/// The user's line in the export file, kept minimal (the attributes a run reads).
+fn line_from_file(
+    path: &std::path::Path,
+    auth0_id: &str,
+    classifying: &Classifying,
+) -> anyhow::Result<Option<Vec<u8>>> {
+    let input = export::open_file(path)?;
+    let context = classifying.context();
+    let mut found = None;
+    export::read::<ExportError>(
+        &path.display().to_string(),
+        input,
+        &classifying.filter,
+        |_, user| {
+            if user.auth0_id == auth0_id {
+                found = Some(export::minimal_line(
+                    &user,
+                    context.kept,
+                    &classifying.filter,
+                ));
+            }
+            Ok(())
+        },
+    )?;
+    Ok(found)
+}
+
+/// Sends one user's push, journaled exactly like a run's: a stopped push of an earlier process
+/// is resolved first, the run is recorded (kind `explain`, which moves no watermark), and the
+/// applied keys become the user's baselines.
+async fn push_one(
+    client: &Arc<Auth0Client>,
+    store: &Arc<Mutex<StateStore>>,
+    mut push: Push,
+) -> anyhow::Result<Outcome> {
+    apply::recover(client, store).await?;
+    let run_id = crate::run::new_run_id();
+    let now = crate::timestamp::now_rfc3339();
+    lock(store).start_run(&run_id, "explain", "push", &now)?;
+    let outcomes = apply::apply(
+        client.clone(),
+        store.clone(),
+        &run_id,
+        vec![(0, &push)],
+        1,
+        CancellationToken::new(),
+    )
+    .await;
+    let outcome = match outcomes {
+        Ok(mut outcomes) => outcomes.pop().map_or(
+            Outcome::NotSent("the push was not attempted".into()),
+            |(_, outcome)| outcome,
+        ),
+        Err(error) => {
+            let now = crate::timestamp::now_rfc3339();
+            lock(store).finish_run(&run_id, "failed", &now, "")?;
+            return Err(error.into());
+        }
+    };
+    if matches!(outcome, Outcome::Applied) {
+        push.record_applied();
+        if let Some(set) = &push.baselines {
+            lock(store).write_baselines([(push.legacy_id.as_str(), &set[..])])?;
+        }
+    }
+    let now = crate::timestamp::now_rfc3339();
+    lock(store).finish_run(&run_id, "success", &now, "")?;
+    Ok(outcome)
+}
+
+fn lock(store: &Mutex<StateStore>) -> std::sync::MutexGuard<'_, StateStore> {
+    store
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The explanation of a user on one side or both.
+#[allow(clippy::too_many_arguments)]
+fn describe(
+    auth0_id: &str,
+    legacy_id: &str,
+    classifying: &Classifying,
+    legacy: Option<&crate::model::profile::Profile<'_>>,
+    auth0: Option<&Auth0User<'_>>,
+    stored: Option<PackedBaselines<'_>>,
+    verdict: Verdict,
+    keys: Vec<KeyTrace>,
+    push: Option<&Push>,
+) -> Explanation {
+    let values = |profile: &crate::model::profile::Profile<'_>| {
+        let mut map = serde_json::Map::new();
+        for &field in &classifying.fields {
+            let value = match profile.get(field) {
+                Some(crate::model::profile::Value::Text(text)) => Json::String(text.to_string()),
+                Some(crate::model::profile::Value::Bool(value)) => Json::Bool(*value),
+                Some(crate::model::profile::Value::Object(text)) => {
+                    serde_json::from_str(text).unwrap_or(Json::Null)
+                }
+                None => Json::Null,
+            };
+            map.insert(field.name().to_owned(), value);
+        }
+        map
+    };
+    let baseline = stored.filter(|set| !set.is_empty()).map(|set| {
+        let seen = match set.seen() {
+            Some(Seen::Migrated) => "migrated",
+            Some(Seen::Cached) => "cached",
+            Some(Seen::Unknown) | None => "unknown",
+        };
+        let keys: Vec<String> = set.entries().into_iter().map(|(key, _)| key).collect();
+        json!({"seen": seen, "keys": keys})
+    });
+    Explanation {
+        user_id: auth0_id.to_owned(),
+        legacy_id: legacy_id.to_owned(),
+        legacy: legacy.map(values),
+        auth0: auth0.map(|user| values(&user.profile)),
+        migrated: auth0.map(|user| user.migrated),
+        baseline,
+        fields: keys,
+        status: verdict.status,
+        origin: verdict.origin,
+        push_bodies: push
+            .map(|push| push.bodies.iter().map(|body| body.to_json()).collect())
+            .unwrap_or_default(),
+        push_refused: push.map(|push| push.refused.clone()).unwrap_or_default(),
+        pushed: None,
+    }
+}
+
+fn render(explanation: &Explanation, as_json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    if as_json {
+        serde_json::to_writer_pretty(&mut *out, explanation)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    let e = explanation;
+    let side = |present: bool| if present { "found" } else { "none" };
+    writeln!(out, "user {} (legacy user_id {:?})", e.user_id, e.legacy_id)?;
+    writeln!(
+        out,
+        "legacy row: {}; Auth0 profile: {}{}",
+        side(e.legacy.is_some()),
+        side(e.auth0.is_some()),
+        match e.migrated {
+            Some(true) => " (migrated)",
+            Some(false) => " (cached, not migrated)",
+            None => "",
+        }
+    )?;
+    match &e.baseline {
+        Some(baseline) => writeln!(
+            out,
+            "stored baseline: {} keys, from a run that saw the user {}",
+            baseline["keys"].as_array().map_or(0, Vec::len),
+            baseline["seen"].as_str().unwrap_or("unknown")
+        )?,
+        None => writeln!(
+            out,
+            "stored baseline: none (no earlier run matched this user)"
+        )?,
+    }
+    if !e.fields.is_empty() {
+        writeln!(out)?;
+        let rows: Vec<[String; 6]> = e
+            .fields
+            .iter()
+            .map(|key| {
+                [
+                    key.key.clone(),
+                    cell(&key.legacy),
+                    cell(&key.auth0),
+                    if key.equal { "yes" } else { "no" }.to_owned(),
+                    serde_json::to_value(key.rule)
+                        .ok()
+                        .and_then(|rule| rule.as_str().map(str::to_owned))
+                        .unwrap_or_default(),
+                    match (key.baseline, key.changed) {
+                        (_, Some(changed)) => format!("stored; {changed} changed"),
+                        (true, None) => "stored".to_owned(),
+                        (false, None) => "-".to_owned(),
+                    },
+                ]
+            })
+            .collect();
+        let header = ["KEY", "LEGACY", "AUTH0", "EQUAL", "RULE", "BASELINE"];
+        let widths: Vec<usize> = (0..6)
+            .map(|i| {
+                rows.iter()
+                    .map(|row| row[i].chars().count())
+                    .chain([header[i].len()])
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let line = |cells: &[&str]| {
+            cells
+                .iter()
+                .zip(&widths)
+                .map(|(cell, width)| format!("{cell:<width$}"))
+                .collect::<Vec<_>>()
+                .join("  ")
+                .trim_end()
+                .to_owned()
+        };
+        writeln!(out, "{}", line(&header))?;
+        for row in &rows {
+            let cells: Vec<&str> = row.iter().map(String::as_str).collect();
+            writeln!(out, "{}", line(&cells))?;
+        }
+    }
+    writeln!(out)?;
+    let origin = match e.origin {
+        Some(Origin::Baseline) => " (decided by the stored baseline)",
+        Some(Origin::Timestamp) => " (decided by the legacy updated_at against the migration time)",
+        Some(Origin::Assumed) => " (no baseline and no timestamps: the legacy side is assumed)",
+        None => "",
+    };
+    writeln!(
+        out,
+        "status: {}{origin}\n  {}",
+        e.status,
+        crate::report::explain(e.status)
+    )?;
+    if e.push_bodies.is_empty() {
+        writeln!(out, "push: nothing to send")?;
+    }
+    for body in &e.push_bodies {
+        writeln!(out, "push: PATCH /api/v2/users/{} {body}", e.user_id)?;
+    }
+    if !e.push_refused.is_empty() {
+        let names: Vec<&str> = e.push_refused.iter().map(|field| field.name()).collect();
+        writeln!(
+            out,
+            "not pushable: Auth0 does not accept {} for this user",
+            names.join(", ")
+        )?;
+    }
+    if let Some(pushed) = &e.pushed {
+        writeln!(
+            out,
+            "pushed: {}{}",
+            pushed["state"].as_str().unwrap_or(""),
+            pushed["error"]
+                .as_str()
+                .map(|error| format!(": {error}"))
+                .unwrap_or_default()
+        )?;
+    }
+    Ok(())
+}
+
+/// A value in a table cell: text bare, everything else as JSON, cut to 40 characters.
+fn cell(value: &Json) -> String {
+    let text = match value {
+        Json::Null => "-".to_owned(),
+        Json::String(text) => text.clone(),
+        other => other.to_string(),
+    };
+    if text.chars().count() > 40 {
+        let cut: String = text.chars().take(39).collect();
+        format!("{cut}…")
+    } else {
+        text
+    }
+}
