@@ -14,7 +14,7 @@ use crate::config::{Config, ProcessEnv};
 use crate::private_file::PRIVATE;
 use crate::report::{self, Format};
 use crate::run::{self, RunOptions};
-use crate::{check, daemon, explain};
+use crate::{check, daemon, explain, migration};
 
 const EXIT_ERROR: u8 = 1;
 const EXIT_NEEDS_ACTION: u8 = 2;
@@ -95,6 +95,38 @@ enum Command {
     /// With --push, sends this user's push now, journaled like a run's. Exits 1 when the user
     /// exists on neither side, 2 when it still needs action, 0 otherwise.
     Explain(ExplainArgs),
+    /// How far the migration has come: legacy users, migrated (share), not migrated, signups
+    /// in Auth0, migrations per day (7- and 28-day averages) and the projected completion date,
+    /// from the full runs recorded in the state file.
+    ///
+    /// With a `last_active_at` column in the mapping query, also the not-migrated users by how
+    /// long they have been inactive in the legacy system. Reads only the state file.
+    Progress {
+        /// Output format: `table` for people, `json` for programs.
+        #[arg(long, value_enum, default_value_t = PeopleOrPrograms::Table)]
+        format: PeopleOrPrograms,
+    },
+    /// The go/no-go before switching the legacy database off: exits 0 only when the last
+    /// successful full run is recent (`cutover.max_run_age_hours`) and found no not_migrated,
+    /// stranded, conflict or deleted_in_auth0 user; otherwise exits 2 naming each blocker, its
+    /// count, a few ids and what to do.
+    Cutover {
+        /// Output format: `table` for people, `json` for programs.
+        #[arg(long, value_enum, default_value_t = PeopleOrPrograms::Table)]
+        format: PeopleOrPrograms,
+
+        /// Also write every migrated user as CSV `user_id,migrated_at` (the legacy id and
+        /// Auth0's created_at) to FILE (mode 0600), read from Auth0's side: mark those legacy
+        /// rows as migrated, so that a deleted user cannot come back and a Get User script can
+        /// skip users who live in Auth0.
+        #[arg(long, value_name = "FILE")]
+        migrated_ids: Option<PathBuf>,
+
+        /// With --migrated-ids: read Auth0's users from this export file instead of a
+        /// users-export job.
+        #[arg(long, value_name = "FILE", requires = "migrated_ids")]
+        cache_file: Option<PathBuf>,
+    },
     /// Check the configuration without writing anything: validate it, run the mapping query
     /// with LIMIT 0 (read only), get an Auth0 token and read the connection, open the export
     /// file; print what was found.
@@ -326,6 +358,33 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
+        Command::Progress { format } => {
+            let config = Config::load(&cli.config, &ProcessEnv)?;
+            let mut out = std::io::stdout().lock();
+            migration::progress(&config, format == PeopleOrPrograms::Json, &mut out)?;
+            out.flush().context("cannot write to standard output")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cutover {
+            format,
+            migrated_ids,
+            cache_file,
+        } => {
+            let config = Config::load(&cli.config, &ProcessEnv)?;
+            let options = migration::CutoverOptions {
+                json: format == PeopleOrPrograms::Json,
+                migrated_ids,
+                cache_file,
+            };
+            let mut out = std::io::stdout().lock();
+            let ready = migration::cutover(&config, &options, &ProcessEnv, &mut out).await?;
+            out.flush().context("cannot write to standard output")?;
+            Ok(if ready {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_NEEDS_ACTION)
+            })
+        }
         Command::Check => {
             let config = Config::load(&cli.config, &ProcessEnv)?;
             let mut out = std::io::stdout().lock();
@@ -374,6 +433,7 @@ async fn reconcile_command(config: &Config, args: ReconcileArgs) -> anyhow::Resu
     let run::Finished {
         report,
         report_file,
+        ..
     } = result?;
     let format = Format::from(args.format);
     match (&args.output, report_file) {

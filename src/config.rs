@@ -55,6 +55,15 @@ pub struct Config {
     pub schedule: Option<Schedule>,
     pub metrics: Metrics,
     pub state: State,
+    pub cutover: Cutover,
+}
+
+/// `[cutover]`: what `driftsync cutover` asks of the last full run.
+#[derive(Debug)]
+pub struct Cutover {
+    /// The last successful full run must have finished at most this many hours ago
+    /// (`cutover.max_run_age_hours`, default 48).
+    pub max_run_age_hours: u32,
 }
 
 #[derive(Debug)]
@@ -140,6 +149,14 @@ struct RawConfig {
     metrics: RawMetrics,
     #[serde(default)]
     state: RawState,
+    #[serde(default)]
+    cutover: RawCutover,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCutover {
+    max_run_age_hours: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -460,6 +477,16 @@ impl Config {
             30,
         )?;
         let run_history_days = days("state.run_history_days", raw.state.run_history_days, 400)?;
+        let max_run_age_hours = match raw.cutover.max_run_age_hours {
+            None => 48,
+            Some(hours) if (1..=8_760).contains(&hours) => hours as u32,
+            Some(hours) => {
+                return Err(invalid(
+                    "cutover.max_run_age_hours",
+                    format!("{hours} is not a number of hours from 1 to 8760"),
+                ));
+            }
+        };
         // Whether the file itself holds a password (whatever the environment overrides).
         let legacy_password_in_file = raw
             .legacy
@@ -509,6 +536,7 @@ impl Config {
                 journal_retention_days,
                 run_history_days,
             },
+            cutover: Cutover { max_run_age_hours },
         })
     }
 }
@@ -694,6 +722,10 @@ mod tests {
                 "state.journal_retention_days",
             ),
             ("[state]\nrun_history_days = -5", "state.run_history_days"),
+            (
+                "[cutover]\nmax_run_age_hours = 0",
+                "cutover.max_run_age_hours",
+            ),
             ("[reconcile]\nfields = [\"emial\"]", "reconcile.fields"),
             ("[reconcile]\nfields = []", "reconcile.fields"),
             (

@@ -16,7 +16,7 @@
 //!   behind one entry point.
 //! - [`run`]: one run of either kind (full or changes): shared setup, the pass, the journaled
 //!   push, the state update.
-//! - commands: [`check`], [`explain`], [`daemon`], `demo` (feature `demo`, on by default: the whole job on
+//! - commands: [`check`], [`explain`], [`migration`] (`progress`, `cutover`), [`daemon`], `demo` (feature `demo`, on by default: the whole job on
 //!   generated data against the Auth0 simulator of the `driftsync-testkit` crate), [`cli`].
 
 pub mod auth0;
@@ -31,6 +31,7 @@ pub mod engine;
 mod error_text;
 pub mod explain;
 pub mod metrics;
+pub mod migration;
 pub mod model;
 mod priority;
 pub mod private_file;

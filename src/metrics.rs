@@ -15,6 +15,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::model::classify::Status;
 use crate::model::profile::Field;
+use crate::model::progress::{Progress, Projection};
 use crate::report::{Report, Summary};
 
 /// Run durations span seconds (a small tenant) to hours (millions of users with pushes).
@@ -85,6 +86,19 @@ fn describe() {
         "Time spent waiting for Auth0 rate limits."
     );
     describe_gauge!("driftsync_build_info", "Always 1; the version is a label.");
+    describe_gauge!(
+        "driftsync_migrated_ratio",
+        "Share of the legacy users that are migrated, as the last full run saw it."
+    );
+    describe_gauge!(
+        "driftsync_migrations_per_day",
+        "Migrations per day over the last 7 days of full runs."
+    );
+    describe_gauge!(
+        "driftsync_projected_completion_timestamp_seconds",
+        metrics::Unit::Seconds,
+        "UNIX time the migration completes at the 7-day rate; absent (NaN once known) when there is no such date."
+    );
 }
 
 /// One Auth0 answer (`status` is the HTTP code, or `error` when none came).
@@ -149,6 +163,31 @@ pub fn run_finished(
     users(&report.summary);
     for (field, count) in field_drift(report) {
         gauge!("driftsync_field_drift", "field" => field.name()).set(count as f64);
+    }
+}
+
+/// The migration's progress after a successful full run. The projected date is left out until
+/// there is one, and reads NaN when a later run finds none (a gauge cannot be withdrawn).
+pub fn progress(progress: &Progress) {
+    gauge!("driftsync_migrated_ratio").set(progress.migrated_share);
+    if let Some(rate) = progress.per_day_7 {
+        gauge!("driftsync_migrations_per_day").set(rate);
+    }
+    let projected = match &progress.projection {
+        Projection::At(at) => crate::timestamp::parse_rfc3339(at),
+        Projection::Complete => crate::timestamp::parse_rfc3339(&progress.latest.at),
+        Projection::NotAtThisRate | Projection::Unknown => None,
+    };
+    static PROJECTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    match projected {
+        Some(micros) => {
+            PROJECTED.store(true, Ordering::Relaxed);
+            gauge!("driftsync_projected_completion_timestamp_seconds").set(micros as f64 / 1e6);
+        }
+        None if PROJECTED.load(Ordering::Relaxed) => {
+            gauge!("driftsync_projected_completion_timestamp_seconds").set(f64::NAN);
+        }
+        None => {}
     }
 }
 

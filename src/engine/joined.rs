@@ -7,6 +7,7 @@ use crate::model::baseline::{self, PackedBaselines};
 use crate::model::classify::{self, Verdict};
 use crate::model::plan::{self, Push};
 use crate::model::profile::{Auth0User, LegacyView};
+use crate::model::progress::Examples;
 use crate::report::{Summary, UserEntry};
 
 use super::Context;
@@ -25,6 +26,12 @@ pub struct Joined {
     /// Auth0 users a push may change: migrated ones, and cached ones when the connection lets
     /// the API change their root attributes (the fraction guard's denominator).
     pub pushable_users: u64,
+    /// Legacy users matched with a migrated Auth0 profile.
+    pub migrated: u64,
+    /// A few ids of each status that blocks the cutover.
+    pub examples: Examples,
+    /// The not-migrated users by inactivity, when the query returns `last_active_at`.
+    pub inactivity: Option<[u64; 6]>,
     /// Where the new baseline sets kept in the [`LegacyTable`] are.
     pub new_sets: Vec<NewSetRef>,
     /// Lines whose legacy row was not in yet, with their numbers.
@@ -55,6 +62,7 @@ impl Joined {
         self.planned.append(&mut other.planned);
         self.baseline_changes.append(&mut other.baseline_changes);
         self.pushable_users += other.pushable_users;
+        self.migrated += other.migrated;
         move_over(&mut self.new_sets, &mut other.new_sets);
         self.parked.append(&mut other.parked);
         self.without_row.append(&mut other.without_row);
@@ -74,6 +82,7 @@ impl Joined {
         user: &Auth0User<'_>,
     ) -> Option<Box<[u8]>> {
         let stored = stored.unwrap_or_default();
+        self.migrated += u64::from(user.migrated);
         let verdict = classify::classify(&context.rules, Some(legacy), Some(user), Some(stored));
         let push = plan::for_verdict(
             &verdict,

@@ -32,6 +32,7 @@ use crate::model::baseline::PackedBaselines;
 use crate::model::classify::{self, Rules};
 use crate::model::plan::{OrphanAction, Push, PushPolicy};
 use crate::model::profile::{Auth0User, Field, LegacyView, USER_ID_PREFIX};
+use crate::model::progress::Examples;
 use crate::report::{Summary, UserEntry};
 use crate::sources::export::{ExportError, ExportFilter};
 use crate::sources::legacy::LegacyError;
@@ -88,6 +89,13 @@ pub struct Classified {
     pub pushable_users: u64,
     /// The new baseline sets besides those of the pushes; see [`BaselineWrites::write`].
     pub baselines: BaselineWrites,
+    /// Legacy users matched with a migrated Auth0 profile.
+    pub migrated: u64,
+    /// A few ids of the not-migrated users (the listed statuses are in `users`).
+    pub examples: Examples,
+    /// The not-migrated users by inactivity ([`crate::model::progress::INACTIVITY_BUCKETS`]),
+    /// when the pass was asked to count them.
+    pub inactivity: Option<[u64; 6]>,
 }
 
 /// A full pass over both sides.
@@ -110,6 +118,14 @@ impl FullPass {
         Ok(FullPass {
             shared: Arc::new(Shared::new(table)),
         })
+    }
+
+    /// Also counts the not-migrated users by inactivity (`last_active_at`), as of `now`
+    /// (microseconds). Called before either side starts.
+    pub fn count_inactivity(&mut self, now: i64) {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.inactivity_at = Some(now);
+        }
     }
 
     /// The counters the progress line shows.
@@ -146,6 +162,9 @@ impl FullPass {
             mut baseline_changes,
             pushable_users,
             new_sets,
+            migrated,
+            examples,
+            inactivity,
             ..
         } = joined;
         let table_sets = shared.table.into_new_baselines(new_sets);
@@ -161,6 +180,9 @@ impl FullPass {
             pushes: planned,
             pushable_users,
             baselines: baseline_changes,
+            migrated,
+            examples,
+            inactivity,
         })
     }
 }
@@ -272,6 +294,7 @@ impl<'c> ChangedUsers<'c> {
             planned,
             baseline_changes,
             pushable_users,
+            migrated,
             ..
         } = self.joined;
         users.sort_unstable_by(|a, b| a.user_id.cmp(&b.user_id));
@@ -281,6 +304,9 @@ impl<'c> ChangedUsers<'c> {
             pushes: planned,
             pushable_users,
             baselines: baseline_changes,
+            migrated,
+            examples: Examples::default(),
+            inactivity: None,
         }
     }
 }

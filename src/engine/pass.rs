@@ -21,6 +21,7 @@ use crate::model::baseline::PackedBaselines;
 use crate::model::classify;
 use crate::model::plan;
 use crate::model::profile::{Auth0User, Field, Profile, USER_ID_PREFIX, Value};
+use crate::model::progress;
 use crate::sources::export::{self, ExportError, Interpreted, MAX_LINE_BYTES};
 
 use super::joined::{Joined, WithoutRow};
@@ -46,6 +47,8 @@ pub(super) struct Shared {
     pub table: LegacyTable,
     legacy: LegacyProgress,
     pub counters: Arc<Counters>,
+    /// When set (now, in microseconds), the not-migrated users are counted by inactivity.
+    pub inactivity_at: Option<i64>,
 }
 
 impl Shared {
@@ -54,6 +57,7 @@ impl Shared {
             table,
             legacy: LegacyProgress::default(),
             counters: Arc::default(),
+            inactivity_at: None,
         }
     }
 
@@ -146,6 +150,7 @@ pub(super) fn join(
         table,
         legacy,
         counters,
+        inactivity_at,
     } = shared;
     let stop = AtomicBool::new(false);
     let (sender, receiver) = std::sync::mpsc::sync_channel::<Chunk>(WORKERS * 2);
@@ -212,14 +217,43 @@ pub(super) fn join(
     gather(&mut joined, results, None)?;
     // Legacy users without an Auth0 profile: not migrated (counted only), unless an earlier
     // run matched them (a stored set): then it may have seen them migrated.
+    // They also give the migration's progress a few example ids and, when the query returns
+    // `last_active_at`, how long the not-migrated ones have been inactive.
+    let inactivity_at = *inactivity_at;
+    let mut buckets = [0u64; 6];
     let mut with_set = 0;
     let untaken = table.untaken(|legacy_id, legacy, stored| {
         with_set += 1;
         let verdict = classify::classify(&context.rules, Some(&legacy), None, Some(stored));
         let auth0_id = format!("{USER_ID_PREFIX}{legacy_id}");
+        if verdict.status == classify::Status::NotMigrated {
+            joined.examples.offer(verdict.status, &auth0_id);
+            if let Some(now) = inactivity_at {
+                buckets[progress::inactivity_bucket(legacy.last_active_at, now)] += 1;
+            }
+        }
         joined.record(&auth0_id, verdict, None, None);
     });
     joined.summary.not_migrated += untaken - with_set;
+    let mut auth0_id = String::new();
+    table.untaken_without_set(|legacy_id, legacy| {
+        if joined.examples.not_migrated.len() < progress::EXAMPLES {
+            auth0_id.clear();
+            auth0_id.push_str(USER_ID_PREFIX);
+            auth0_id.push_str(legacy_id);
+            joined
+                .examples
+                .offer(classify::Status::NotMigrated, &auth0_id);
+        }
+        match inactivity_at {
+            Some(now) => {
+                buckets[progress::inactivity_bucket(legacy.last_active_at, now)] += 1;
+                true
+            }
+            None => joined.examples.not_migrated.len() < progress::EXAMPLES,
+        }
+    });
+    joined.inactivity = inactivity_at.map(|_| buckets);
     joined.classify_without_row(context, table);
     tracing::info!(
         legacy_without_profile = untaken,

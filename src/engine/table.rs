@@ -697,6 +697,33 @@ impl LegacyTable {
         untaken
     }
 
+    /// Calls `each` with the id and record of legacy users never taken that have no stored
+    /// set (never matched: not migrated), block by block in memory order, while it returns
+    /// true.
+    pub fn untaken_without_set(&self, mut each: impl FnMut(&str, LegacyView<'_>) -> bool) {
+        for shard in self.shards.iter() {
+            let shard = shard
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if shard.untaken == shard.untaken_with_set {
+                continue;
+            }
+            for block in &shard.arena.blocks {
+                let mut offset = 0;
+                while let Some(bytes) = block.get(offset..).filter(|bytes| bytes.len() >= HEADER) {
+                    let entry = EntryView(bytes);
+                    if entry.kind() == KIND_LEGACY
+                        && entry.stored() == NO_STORED_SET
+                        && !each(entry.id(), LegacyView::of(entry.record_bytes()))
+                    {
+                        return;
+                    }
+                    offset += entry.footprint();
+                }
+            }
+        }
+    }
+
     /// The legacy users never taken.
     #[cfg(test)]
     pub fn remaining(&self) -> u64 {

@@ -585,6 +585,7 @@ mod tests {
         LegacyView {
             profile: profile(values),
             updated_at,
+            last_active_at: None,
         }
     }
 

@@ -7,6 +7,7 @@
 //! - [`classify`]: one user's verdict from both sides and its baseline; the field diffs.
 //! - [`plan`]: the push a verdict plans, as the PATCH bodies Auth0 accepts.
 //! - [`guard`]: the guards against a mapping mistake: push fraction, shrink.
+//! - [`progress`]: the migration's progress, its projection, and the cutover check.
 //! - [`trace`]: one user's verdict explained key by key (`driftsync explain`).
 
 pub mod baseline;
@@ -15,4 +16,5 @@ pub mod equality;
 pub mod guard;
 pub mod plan;
 pub mod profile;
+pub mod progress;
 pub mod trace;

@@ -157,9 +157,13 @@ impl<'a> Profile<'a> {
 /// Tag byte for the legacy `updated_at` timestamp in a [`LegacyRecord`]; field tags are the
 /// field indexes, so this sits above them.
 const TAG_UPDATED_AT: u8 = 0xFF;
+/// Tag byte for the legacy `last_active_at` timestamp (the user's last activity in the legacy
+/// system, optional): the not-migrated users by inactivity (`driftsync progress`).
+const TAG_LAST_ACTIVE_AT: u8 = 0xFE;
 
 /// One legacy row, packed: `[tag][len: LEB128][bytes]` per non-NULL value, booleans as one
-/// byte, `updated_at` as 8 little-endian bytes of microseconds since the Unix epoch.
+/// byte, `updated_at` and `last_active_at` as 8 little-endian bytes of microseconds since the
+/// Unix epoch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LegacyRecord(Box<[u8]>);
 
@@ -190,6 +194,10 @@ impl LegacyRecordBuilder {
         self.push(TAG_UPDATED_AT, &micros.to_le_bytes());
     }
 
+    pub fn last_active_at(&mut self, micros: i64) {
+        self.push(TAG_LAST_ACTIVE_AT, &micros.to_le_bytes());
+    }
+
     pub fn finish(&self) -> LegacyRecord {
         LegacyRecord(self.bytes.as_slice().into())
     }
@@ -211,6 +219,8 @@ impl LegacyRecordBuilder {
 pub struct LegacyView<'a> {
     pub profile: Profile<'a>,
     pub updated_at: Option<i64>,
+    /// The user's last activity in the legacy system, when the query returns `last_active_at`.
+    pub last_active_at: Option<i64>,
 }
 
 impl LegacyRecord {
@@ -249,9 +259,13 @@ impl<'a> LegacyView<'a> {
                 break;
             };
             rest = after_value;
-            if tag == TAG_UPDATED_AT {
+            if tag == TAG_UPDATED_AT || tag == TAG_LAST_ACTIVE_AT {
                 if let Ok(raw) = <[u8; 8]>::try_from(bytes) {
-                    view.updated_at = Some(i64::from_le_bytes(raw));
+                    let micros = Some(i64::from_le_bytes(raw));
+                    match tag {
+                        TAG_UPDATED_AT => view.updated_at = micros,
+                        _ => view.last_active_at = micros,
+                    }
                 }
                 continue;
             }
@@ -372,6 +386,7 @@ mod tests {
         builder.text(Field::Name, &long);
         builder.object(Field::UserMetadata, r#"{"k":1}"#);
         builder.updated_at(-42);
+        builder.last_active_at(7);
         let record = builder.finish();
         let view = record.view();
         assert_eq!(view.profile.text(Field::Email), Some("a@b.io"));
@@ -387,6 +402,7 @@ mod tests {
         );
         assert_eq!(view.profile.get(Field::Picture), None);
         assert_eq!(view.updated_at, Some(-42));
+        assert_eq!(view.last_active_at, Some(7));
     }
 
     #[test]

@@ -208,6 +208,7 @@ mod tests {
                 ),
             ]),
             updated_at: None,
+            last_active_at: None,
         };
         let auth0 = user(profile(&[
             (Field::Email, text("ann@x.io")),
@@ -283,6 +284,7 @@ mod tests {
         let legacy = LegacyView {
             profile: new,
             updated_at: None,
+            last_active_at: None,
         };
         let trace = trace(&rules, &legacy, &user(old), Some(PackedBaselines(&stored)));
         assert_eq!(trace.keys[0].changed, Some("legacy"));

@@ -9,12 +9,15 @@ use crate::auth0::export_job::{self, ExportOptions};
 use crate::auth0::{Auth0Client, Job};
 use crate::config::{CacheSource, Config, Environment};
 use crate::engine::{FullPass, rss_mib};
+use crate::model::classify::Status;
 use crate::model::guard::{self, Sizes};
 use crate::model::profile::Field;
 use crate::model::profile::MigratedRule;
-use crate::report::Summary;
+use crate::model::progress::{Examples, Snapshot};
+use crate::report::{Report, Summary};
 use crate::sources::export::{self, ExportError};
 use crate::sources::legacy;
+use crate::timestamp;
 
 use super::connection::{Classifying, ConnectionFacts};
 use super::setup::{Run, Setup};
@@ -42,18 +45,21 @@ pub(super) async fn run(run: Run<'_>, env: &dyn Environment) -> Result<Finished,
         client,
         recovered,
         mut db,
+        columns,
         fields,
-        ..
     } = Setup::new(&run, env, needs_client(config, &source, run.push)).await?;
 
     // Stored baselines are at hand before the rows arrive, so that each user's set joins its
     // record as the row is stored.
     let estimate = legacy::estimate_rows(&mut db, &config.legacy.query).await;
-    let pass = with_store(run.store, |store| {
+    let mut pass = with_store(run.store, |store| {
         FullPass::new(estimate, |each| {
             store.for_each_baseline(|user_id, packed| each(user_id, packed))
         })
     })?;
+    if columns.has_last_active_at() {
+        pass.count_inactivity(timestamp::parse_rfc3339(&run.info.started_at).unwrap_or(0));
+    }
     tracing::info!(
         elapsed_ms = clock.elapsed().as_millis() as u64,
         rss_mib = rss_mib(),
@@ -166,8 +172,53 @@ pub(super) async fn run(run: Run<'_>, env: &dyn Environment) -> Result<Finished,
     }
     let notes = first_run_notes(first_run, &config.auth0.migrated, &classified.summary);
     let pushable = classified.pushable_users;
-    run.conclude(client.as_ref(), &recovered, classified, pushable, notes)
-        .await
+    let (migrated, examples, inactivity) = (
+        classified.migrated,
+        std::mem::take(&mut classified.examples),
+        classified.inactivity,
+    );
+    let mut finished = run
+        .conclude(client.as_ref(), &recovered, classified, pushable, notes)
+        .await?;
+    finished.progress = Some(snapshot(&finished.report, migrated, examples, inactivity));
+    Ok(finished)
+}
+
+/// The migration's progress as this run leaves it: a stranded user whose push was applied no
+/// longer blocks the cutover, so the counts and examples are read from the final report.
+fn snapshot(
+    report: &Report,
+    migrated: u64,
+    mut examples: Examples,
+    inactivity: Option<[u64; 6]>,
+) -> Snapshot {
+    let summary = &report.summary;
+    let mut unsettled = |status: Status| {
+        let mut count = 0;
+        for user in report.users.iter().filter(|user| user.status == status) {
+            if user.needs_action {
+                count += 1;
+                examples.offer(status, &user.user_id);
+            }
+        }
+        count
+    };
+    let stranded = unsettled(Status::Stranded);
+    let conflict = unsettled(Status::Conflict);
+    let deleted_in_auth0 = unsettled(Status::DeletedInAuth0);
+    Snapshot {
+        at: report.run.finished_at.clone(),
+        legacy_users: summary.legacy_users,
+        migrated,
+        not_migrated: summary.not_migrated,
+        auth0_only: summary.auth0_only,
+        stranded,
+        conflict,
+        deleted_in_auth0,
+        orphaned: summary.orphaned,
+        inactivity,
+        examples,
+    }
 }
 
 fn source(config: &Config, cache_file: Option<&PathBuf>) -> Result<Source, RunError> {

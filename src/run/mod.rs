@@ -29,6 +29,7 @@ use crate::auth0::{Auth0Error, RetryPolicy};
 use crate::config::{Config, Environment};
 use crate::engine::EngineError;
 use crate::model::guard::Shrink;
+use crate::model::progress::Snapshot;
 use crate::report::{PreparedFile, Report, RunInfo};
 use crate::sources::export::ExportError;
 use crate::sources::legacy::LegacyError;
@@ -169,6 +170,8 @@ pub struct Finished {
     /// while the state was updated, for the caller to put in place once it has decided the
     /// run's outcome.
     pub report_file: Option<PreparedFile>,
+    /// What a full run found of the migration's progress (recorded in the state file).
+    pub progress: Option<Snapshot>,
 }
 
 /// Runs a full reconcile. `env` supplies the Auth0 client secret
@@ -231,12 +234,24 @@ pub async fn run_kind(
     // The outcome is recorded even for a failed run; a failure to record it must not hide the
     // run's own error.
     let recorded = with_store(&store, |store| {
-        store.finish_run(&id, outcome, &timestamp::now_rfc3339(), &summary)
+        store.finish_run(&id, outcome, &timestamp::now_rfc3339(), &summary)?;
+        match result.as_ref().ok().and_then(|f| f.progress.as_ref()) {
+            Some(snapshot) => {
+                store.record_progress(&id, snapshot)?;
+                store.progress_history().map(Some)
+            }
+            None => Ok(None),
+        }
     });
     let report = result.as_ref().ok().map(|finished| &finished.report);
     crate::metrics::run_finished(run_kind, outcome, started.elapsed(), report);
     let finished = result?;
-    recorded?;
+    if let Some(progress) = recorded?
+        .as_deref()
+        .and_then(crate::model::progress::progress)
+    {
+        crate::metrics::progress(&progress);
+    }
     with_store(&store, |store| {
         prune_history(store, &config.state);
         Ok(())

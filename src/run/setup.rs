@@ -202,6 +202,7 @@ impl Run<'_> {
         Ok(Finished {
             report,
             report_file,
+            progress: None,
         })
     }
 }

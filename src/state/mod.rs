@@ -12,6 +12,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::model::baseline::{PackedBaselines, Seen, pack, pack_without_seen};
+use crate::model::progress::Snapshot;
 use chunks::ChunkTable;
 
 mod chunks;
@@ -80,6 +81,17 @@ const MIGRATIONS: &[Migration] = &[
     Migration::Sql(
         "CREATE INDEX journal_resolved ON journal (resolved_at) WHERE state <> 'planned';
          CREATE INDEX runs_started ON runs (started_at);",
+    ),
+    // 6 → 7: the migration's progress as each successful full run saw it
+    // (`model::progress::Snapshot`, JSON), for `driftsync progress` and `cutover`; pruned with
+    // its run.
+    Migration::Sql(
+        "CREATE TABLE run_progress (
+            run_id TEXT PRIMARY KEY,
+            finished_at TEXT NOT NULL,
+            snapshot TEXT NOT NULL
+        );
+        CREATE INDEX run_progress_finished ON run_progress (finished_at);",
     ),
 ];
 
@@ -419,11 +431,54 @@ impl StateStore {
                 }
             }
         }
+        // A run's progress goes with its run (a row a day at most: no batches needed).
+        self.connection
+            .execute(
+                "DELETE FROM run_progress WHERE run_id NOT IN (SELECT id FROM runs)",
+                [],
+            )
+            .map_err(self.error("prune old entries"))?;
         Ok(Pruned {
             journal: deleted[0],
             runs: deleted[1],
             complete,
         })
+    }
+
+    /// Keeps what a successful full run found of the migration's progress.
+    pub fn record_progress(&self, run_id: &str, snapshot: &Snapshot) -> Result<(), StateError> {
+        let text = serde_json::to_string(snapshot).unwrap_or_default();
+        self.connection
+            .execute(
+                "INSERT OR REPLACE INTO run_progress (run_id, finished_at, snapshot)
+                 VALUES (?1, ?2, ?3)",
+                params![run_id, snapshot.at, text],
+            )
+            .map(|_| ())
+            .map_err(self.error("record the migration's progress"))
+    }
+
+    /// Every recorded progress snapshot, oldest first (one that does not read back, from a
+    /// damaged or newer file, is skipped).
+    pub fn progress_history(&self) -> Result<Vec<Snapshot>, StateError> {
+        let mut statement = self
+            .connection
+            .prepare("SELECT snapshot FROM run_progress ORDER BY finished_at")
+            .map_err(self.error("read the migration's progress"))?;
+        let rows = statement
+            .query_map([], |row| row.get::<_, String>(0))
+            .map_err(self.error("read the migration's progress"))?;
+        let mut history = Vec::new();
+        for row in rows {
+            let text = row.map_err(self.error("read the migration's progress"))?;
+            match serde_json::from_str(&text) {
+                Ok(snapshot) => history.push(snapshot),
+                Err(error) => {
+                    tracing::warn!(%error, "skipping a progress record that does not read back")
+                }
+            }
+        }
+        Ok(history)
     }
 
     pub fn start_run(

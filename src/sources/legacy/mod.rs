@@ -30,6 +30,7 @@ const BATCH_ROWS: i32 = 50_000;
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 
 const TIMESTAMP_COLUMN: &str = "updated_at";
+const ACTIVITY_COLUMN: &str = "last_active_at";
 const ID_COLUMN: &str = "user_id";
 
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +115,7 @@ pub enum LegacyError {
 pub struct Columns {
     user_id: usize,
     updated_at: Option<usize>,
+    last_active_at: Option<usize>,
     fields: Vec<(usize, Field)>,
 }
 
@@ -129,9 +131,15 @@ impl Columns {
         self.updated_at.is_some()
     }
 
+    /// Whether the query returns `last_active_at` (the not-migrated users by inactivity).
+    pub fn has_last_active_at(&self) -> bool {
+        self.last_active_at.is_some()
+    }
+
     fn check(columns: &[tokio_postgres::Column]) -> Result<Columns, LegacyError> {
         let mut user_id = None;
         let mut updated_at = None;
+        let mut last_active_at = None;
         let mut fields = Vec::new();
         let mut seen: Vec<&str> = Vec::new();
         for (index, column) in columns.iter().enumerate() {
@@ -146,7 +154,7 @@ impl Columns {
                     expect_type(name, ty, Kind::Text)?;
                     user_id = Some(index);
                 }
-                TIMESTAMP_COLUMN => {
+                TIMESTAMP_COLUMN | ACTIVITY_COLUMN => {
                     if *ty != Type::TIMESTAMPTZ {
                         return Err(LegacyError::ColumnType {
                             column: name.to_owned(),
@@ -155,13 +163,20 @@ impl Columns {
                             cast: "timestamptz",
                         });
                     }
-                    updated_at = Some(index);
+                    if name == TIMESTAMP_COLUMN {
+                        updated_at = Some(index);
+                    } else {
+                        last_active_at = Some(index);
+                    }
                 }
                 _ => {
                     let field =
                         Field::from_name(name).ok_or_else(|| LegacyError::UnknownColumn {
                             column: name.to_owned(),
-                            known: format!("user_id, updated_at, {}", Field::names()),
+                            known: format!(
+                                "user_id, updated_at, last_active_at, {}",
+                                Field::names()
+                            ),
                         })?;
                     expect_type(name, ty, field.kind())?;
                     fields.push((index, field));
@@ -171,6 +186,7 @@ impl Columns {
         Ok(Columns {
             user_id: user_id.ok_or(LegacyError::MissingUserId)?,
             updated_at,
+            last_active_at,
             fields,
         })
     }
@@ -548,6 +564,12 @@ fn read_row<'r>(
         let at: Option<PgTimestamp> = row.try_get(index).map_err(|e| value_error(index, e))?;
         if let Some(PgTimestamp(micros)) = at {
             builder.updated_at(micros);
+        }
+    }
+    if let Some(index) = columns.last_active_at {
+        let at: Option<PgTimestamp> = row.try_get(index).map_err(|e| value_error(index, e))?;
+        if let Some(PgTimestamp(micros)) = at {
+            builder.last_active_at(micros);
         }
     }
     Ok(user_id)
