@@ -14,7 +14,7 @@ use crate::config::{Config, ProcessEnv};
 use crate::private_file::PRIVATE;
 use crate::report::{self, Format};
 use crate::run::{self, RunOptions};
-use crate::{check, daemon, explain, migration};
+use crate::{check, daemon, explain, migration, reviewed};
 
 const EXIT_ERROR: u8 = 1;
 const EXIT_NEEDS_ACTION: u8 = 2;
@@ -85,6 +85,16 @@ enum Command {
     /// the configuration (an invalid one is logged and the old one kept); SIGTERM or SIGINT
     /// lets the running step finish and journal, then exits 0 within 10 s.
     Daemon,
+    /// Apply a plan saved by `reconcile --save-plan FILE`, exactly: a full run that sends the
+    /// plan's requests and nothing else.
+    ///
+    /// Refuses a plan made for another tenant or connection, or longer ago than
+    /// `reconcile.max_plan_age_hours` (default 24). Each user is classified again with fresh
+    /// data (a users-export job: a bounded number of Management API calls however large the
+    /// plan); a user whose legacy row or Auth0 values changed since the plan was made is not
+    /// sent and is reported `superseded`. Journal, guards and exit codes as for `reconcile
+    /// --push`. With --dry-run, only shows the plan.
+    Apply(ApplyArgs),
     /// Explain one user's status: both sides' values of every compared key, whether they are
     /// equal and by which rule, what the stored baseline says, the verdict, and the PATCH a
     /// push would send.
@@ -218,6 +228,12 @@ struct ReconcileArgs {
     /// mapping query or a truncated export. Use it once, after checking that the fall is real.
     #[arg(long)]
     allow_shrink: bool,
+
+    /// Also save the push plan to FILE (JSON, stable key order, mode 0600) for review: every
+    /// planned request, its user, Auth0's values it was computed from, the run, tenant and
+    /// connection. `driftsync apply FILE` sends exactly those requests later.
+    #[arg(long, value_name = "FILE", conflicts_with = "push")]
+    save_plan: Option<PathBuf>,
 }
 
 fn fraction(text: &str) -> Result<f64, String> {
@@ -225,6 +241,39 @@ fn fraction(text: &str) -> Result<f64, String> {
         Ok(value) if (0.0..=1.0).contains(&value) => Ok(value),
         _ => Err(format!("{text:?} is not a number between 0 and 1")),
     }
+}
+
+#[derive(Args)]
+struct ApplyArgs {
+    /// The plan file (`reconcile --save-plan FILE` wrote it).
+    #[arg(value_name = "FILE")]
+    plan: PathBuf,
+
+    /// Only check and show the plan; send nothing (`--format table` shows it readably).
+    #[arg(long)]
+    dry_run: bool,
+
+    /// Report format (with --dry-run: the plan's): `table` for people, `json` or `ndjson` for
+    /// programs.
+    #[arg(long, value_enum, default_value_t = FormatArg::Table)]
+    format: FormatArg,
+
+    /// Write the report to this file (atomically) instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
+
+    /// Also write the run's metrics in Prometheus text format to FILE (atomically).
+    #[arg(long, value_name = "FILE")]
+    metrics_file: Option<PathBuf>,
+
+    /// Override `reconcile.max_push_fraction` for this run.
+    #[arg(long, value_name = "FRACTION", value_parser = fraction)]
+    max_push_fraction: Option<f64>,
+
+    /// Run although the legacy rows or the Auth0 users fell by more than
+    /// `reconcile.max_shrink_fraction` since the last successful full run.
+    #[arg(long)]
+    allow_shrink: bool,
 }
 
 #[derive(Args)]
@@ -335,11 +384,36 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             for warning in config.permission_warnings() {
                 tracing::warn!("{warning}");
             }
-            reconcile_command(&config, args).await
+            reconcile_command(&config, args, None).await
         }
         Command::Daemon => {
             daemon::run(cli.config).await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Apply(args) => {
+            let config = Config::load(&cli.config, &ProcessEnv)?;
+            for warning in config.permission_warnings() {
+                tracing::warn!("{warning}");
+            }
+            let plan = reviewed::load(&args.plan, &config)?;
+            if args.dry_run {
+                let mut out = std::io::stdout().lock();
+                let json = !matches!(args.format, FormatArg::Table);
+                reviewed::show(&plan, json, &mut out)?;
+                out.flush().context("cannot write to standard output")?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let run = ReconcileArgs {
+                format: args.format,
+                output: args.output,
+                cache_file: None,
+                metrics_file: args.metrics_file,
+                push: true,
+                max_push_fraction: args.max_push_fraction,
+                allow_shrink: args.allow_shrink,
+                save_plan: None,
+            };
+            reconcile_command(&config, run, Some(std::sync::Arc::new(plan))).await
         }
         Command::Explain(args) => {
             let config = Config::load(&cli.config, &ProcessEnv)?;
@@ -405,8 +479,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn reconcile_command(config: &Config, args: ReconcileArgs) -> anyhow::Result<ExitCode> {
+async fn reconcile_command(
+    config: &Config,
+    args: ReconcileArgs,
+    plan: Option<std::sync::Arc<crate::model::saved_plan::SavedPlan>>,
+) -> anyhow::Result<ExitCode> {
     let options = RunOptions {
+        save_plan: args.save_plan.clone(),
+        plan,
         cache_file: args.cache_file,
         progress: true,
         push: args.push,

@@ -106,6 +106,8 @@ pub struct Reconcile {
     /// A full run stops when its legacy rows or Auth0 users fell by more than this fraction
     /// against the last successful full run.
     pub max_shrink_fraction: f64,
+    /// `driftsync apply` refuses a plan older than this (`reconcile.max_plan_age_hours`).
+    pub max_plan_age_hours: u32,
     pub orphans: OrphanAction,
     pub pushed_email_verified: PushedEmailVerified,
     /// `verify_email` sent with every pushed email: whether Auth0 mails a verification link.
@@ -196,6 +198,7 @@ struct RawReconcile {
     push: Option<bool>,
     max_push_fraction: Option<f64>,
     max_shrink_fraction: Option<f64>,
+    max_plan_age_hours: Option<i64>,
     orphans: Option<String>,
     pushed_email_verified: Option<String>,
     verify_email: Option<bool>,
@@ -420,6 +423,16 @@ impl Config {
                 format!("{max_shrink_fraction} is not between 0 and 1"),
             ));
         }
+        let max_plan_age_hours = match raw.reconcile.max_plan_age_hours {
+            None => 24,
+            Some(hours) if (1..=8_760).contains(&hours) => hours as u32,
+            Some(hours) => {
+                return Err(invalid(
+                    "reconcile.max_plan_age_hours",
+                    format!("{hours} is not a number of hours from 1 to 8760"),
+                ));
+            }
+        };
         let orphans = match raw.reconcile.orphans.as_deref() {
             None | Some("report") => OrphanAction::Report,
             Some("block") => OrphanAction::Block,
@@ -522,6 +535,7 @@ impl Config {
                 push,
                 max_push_fraction,
                 max_shrink_fraction,
+                max_plan_age_hours,
                 orphans,
                 pushed_email_verified,
                 verify_email: raw.reconcile.verify_email.unwrap_or(false),

@@ -16,7 +16,8 @@
 //!   behind one entry point.
 //! - [`run`]: one run of either kind (full or changes): shared setup, the pass, the journaled
 //!   push, the state update.
-//! - commands: [`check`], [`explain`], [`migration`] (`progress`, `cutover`), [`daemon`], `demo` (feature `demo`, on by default: the whole job on
+//! - commands: [`check`], [`explain`], [`migration`] (`progress`, `cutover`), [`reviewed`]
+//!   (`apply`), [`daemon`], `demo` (feature `demo`, on by default: the whole job on
 //!   generated data against the Auth0 simulator of the `driftsync-testkit` crate), [`cli`].
 
 pub mod auth0;
@@ -36,6 +37,7 @@ pub mod model;
 mod priority;
 pub mod private_file;
 pub mod report;
+pub mod reviewed;
 pub mod run;
 pub mod sources;
 pub mod state;

@@ -8,6 +8,7 @@ use crate::model::classify::{self, Verdict};
 use crate::model::plan::{self, Push};
 use crate::model::profile::{Auth0User, LegacyView};
 use crate::model::progress::Examples;
+use crate::model::saved_plan;
 use crate::report::{Summary, UserEntry};
 
 use super::Context;
@@ -84,13 +85,18 @@ impl Joined {
         let stored = stored.unwrap_or_default();
         self.migrated += u64::from(user.migrated);
         let verdict = classify::classify(&context.rules, Some(legacy), Some(user), Some(stored));
-        let push = plan::for_verdict(
+        let mut push = plan::for_verdict(
             &verdict,
             user,
             Some(&legacy.profile),
             context.policy,
             context.orphans,
         );
+        if context.review
+            && let Some(push) = push.as_mut()
+        {
+            push.review = Some(Box::new(saved_plan::review(&verdict, &user.profile, push)));
+        }
         let seen = baseline::Seen::of(user.migrated);
         let new_set = baseline::next_set(&verdict.keys, stored, context.rules.fields, seen);
         if push.as_ref().is_some_and(Push::sends) {

@@ -75,6 +75,8 @@ pub struct Context<'a> {
     pub filter: &'a ExportFilter,
     pub policy: &'a PushPolicy,
     pub orphans: OrphanAction,
+    /// Keep each push's review data (`saved_plan::Review`): a plan is saved or applied.
+    pub review: bool,
 }
 
 /// What a pass found.

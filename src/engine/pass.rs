@@ -637,6 +637,7 @@ mod tests {
                 filter: &self.filter,
                 policy: &self.policy,
                 orphans: OrphanAction::Report,
+                review: false,
             }
         }
     }

@@ -8,6 +8,7 @@
 //! - [`plan`]: the push a verdict plans, as the PATCH bodies Auth0 accepts.
 //! - [`guard`]: the guards against a mapping mistake: push fraction, shrink.
 //! - [`progress`]: the migration's progress, its projection, and the cutover check.
+//! - [`saved_plan`]: a push plan saved for review, and whether it still holds.
 //! - [`trace`]: one user's verdict explained key by key (`driftsync explain`).
 
 pub mod baseline;
@@ -17,4 +18,5 @@ pub mod guard;
 pub mod plan;
 pub mod profile;
 pub mod progress;
+pub mod saved_plan;
 pub mod trace;

@@ -17,6 +17,7 @@ use serde_json::{Map, Value as Json};
 use crate::model::baseline::{self, KeyValues, PackedBaselines, Seen};
 use crate::model::classify::{Status, Verdict};
 use crate::model::profile::{Auth0User, Field, Kind, Profile, Value};
+use crate::model::saved_plan::Review;
 
 /// What a run does with an `orphaned` user (`reconcile.orphans`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,6 +177,8 @@ pub struct Push {
     /// `None` for a user without a legacy row (a blocked orphan): its stored set, the evidence
     /// that it was matched once, stays.
     pub baselines: Option<Box<[u8]>>,
+    /// What a saved plan keeps of the push (see `saved_plan`), when a plan is saved or applied.
+    pub review: Option<Box<Review>>,
 }
 
 impl Push {
@@ -328,6 +331,7 @@ pub fn plan_user(
         keys,
         refused,
         baselines: None,
+        review: None,
     }
 }
 

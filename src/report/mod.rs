@@ -171,6 +171,8 @@ pub enum PushState {
     Failed,
     /// Nothing is sent for this user.
     Skipped,
+    /// A saved plan's push not sent: the user changed since the plan was made.
+    Superseded,
 }
 
 #[derive(Debug, Serialize)]

@@ -84,6 +84,8 @@ pub struct Classifying {
     pub filter: ExportFilter,
     policy: PushPolicy,
     orphans: OrphanAction,
+    /// Keep each push's review data (a plan is saved or applied).
+    pub review: bool,
 }
 
 impl Classifying {
@@ -96,6 +98,7 @@ impl Classifying {
             },
             policy: facts.push_policy(config, &fields),
             orphans: config.reconcile.orphans,
+            review: false,
             facts,
             fields,
         }
@@ -108,6 +111,7 @@ impl Classifying {
             filter: &self.filter,
             policy: &self.policy,
             orphans: self.orphans,
+            review: self.review,
         }
     }
 }

@@ -89,7 +89,8 @@ pub(super) async fn run(run: Run<'_>, env: &dyn Environment) -> Result<Finished,
     let join_side = async {
         let side =
             prepare_auth0_side(config, client.as_deref(), &source, &kept, &options.export).await?;
-        let classifying = Classifying::new(config, side.facts, fields.clone());
+        let mut classifying = Classifying::new(config, side.facts, fields.clone());
+        classifying.review = options.save_plan.is_some() || options.plan.is_some();
         let download = match (&source, side.job, &client) {
             (Source::Export, Some(job), Some(client)) => {
                 let name = format!("of export job {}", job.id);

@@ -30,6 +30,7 @@ use crate::config::{Config, Environment};
 use crate::engine::EngineError;
 use crate::model::guard::Shrink;
 use crate::model::progress::Snapshot;
+use crate::model::saved_plan::SavedPlan;
 use crate::report::{PreparedFile, Report, RunInfo};
 use crate::sources::export::ExportError;
 use crate::sources::legacy::LegacyError;
@@ -37,6 +38,7 @@ use crate::state::{StateError, StateStore};
 use crate::timestamp;
 use apply::{ApplyError, RecoverError};
 use setup::Run;
+pub use setup::plan_tenant;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -92,6 +94,12 @@ pub enum RunError {
     /// An internal step found its precondition broken: a bug, never bad input.
     #[error("internal error: {0} (a bug in driftsync: please report it with the log above)")]
     Internal(&'static str),
+    #[error("cannot write the plan to {}", path.display())]
+    PlanFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot write the report to {}", path.display())]
     ReportFile {
         path: PathBuf,
@@ -115,6 +123,11 @@ pub struct RunOptions {
     /// Lets a full run go on although its legacy rows or Auth0 users fell by more than
     /// `reconcile.max_shrink_fraction` (`--allow-shrink`).
     pub allow_shrink: bool,
+    /// Where a full run saves its push plan for review (`reconcile --save-plan FILE`).
+    pub save_plan: Option<PathBuf>,
+    /// The saved plan a full run applies (`driftsync apply FILE`): only its pushes are sent,
+    /// and only those whose users are still what the plan saw.
+    pub plan: Option<Arc<SavedPlan>>,
     /// Where the run writes its report (written while the state is updated; see
     /// [`Finished::report_file`]).
     pub report_file: Option<(PathBuf, crate::report::Format)>,
@@ -136,6 +149,8 @@ impl Default for RunOptions {
             push: false,
             max_push_fraction: None,
             allow_shrink: false,
+            save_plan: None,
+            plan: None,
             report_file: None,
             concurrency: apply::DEFAULT_CONCURRENCY,
             stop: CancellationToken::new(),

@@ -9,6 +9,7 @@ use std::time::Instant;
 use crate::auth0::Auth0Client;
 use crate::model::guard::{self, Refusal};
 use crate::model::plan::Push;
+use crate::model::saved_plan::{PlannedUser, SavedPlan};
 use crate::report::{PushState, Summary, UserEntry};
 use crate::state::StateStore;
 
@@ -27,6 +28,9 @@ pub(super) struct PushPhase<'a> {
     pub limit: f64,
     /// Profiles read while resolving a stopped run's journal entries (see [`apply::Recovered`]).
     pub recovered: &'a HashMap<String, serde_json::Value>,
+    /// The saved plan being applied: only its users' pushes are sent, and only while their
+    /// users are what it saw.
+    pub plan: Option<&'a SavedPlan>,
 }
 
 impl PushPhase<'_> {
@@ -38,7 +42,7 @@ impl PushPhase<'_> {
         pushable_users: u64,
     ) -> Result<Option<RunError>, RunError> {
         // Users are sorted by id now: find each plan's report entry once (entry → plan).
-        let by_index: HashMap<usize, usize> = planned
+        let mut by_index: HashMap<usize, usize> = planned
             .iter()
             .enumerate()
             .filter_map(|(plan_index, planned)| {
@@ -48,8 +52,11 @@ impl PushPhase<'_> {
                 Some((index, plan_index))
             })
             .collect();
+        if let Some(plan) = self.plan {
+            keep_the_plan(plan, users, planned, &mut by_index);
+        }
         if let Err(refusal) =
-            guard::check_fraction(planned.len() as u64, pushable_users, self.limit)
+            guard::check_fraction(by_index.len() as u64, pushable_users, self.limit)
         {
             refuse(users, by_index.keys().copied(), &refusal);
             return Ok(None);
@@ -146,4 +153,35 @@ fn refuse(users: &mut [UserEntry], planned: impl Iterator<Item = usize>, refusal
         users[index].push.error =
             Some("not sent: the push was refused by reconcile.max_push_fraction".into());
     }
+}
+
+/// Keeps in `by_index` (report index → push index) only the pushes an applied plan holds and
+/// that still hold: the others are reported not sent, `superseded` when their user changed.
+fn keep_the_plan(
+    plan: &SavedPlan,
+    users: &mut [UserEntry],
+    planned: &[Push],
+    by_index: &mut HashMap<usize, usize>,
+) {
+    let entries: HashMap<&str, &PlannedUser> = plan
+        .users
+        .iter()
+        .map(|user| (user.user_id.as_str(), user))
+        .collect();
+    by_index.retain(|&index, &mut plan_index| {
+        let push = &planned[plan_index];
+        let (state, error) = match entries.get(push.auth0_id.as_str()) {
+            None => (
+                PushState::Skipped,
+                "not sent: not in the plan being applied".to_owned(),
+            ),
+            Some(entry) => match entry.still_holds(push) {
+                None => return true,
+                Some(reason) => (PushState::Superseded, reason),
+            },
+        };
+        users[index].push.state = state;
+        users[index].push.error = Some(error);
+        false
+    });
 }

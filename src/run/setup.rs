@@ -10,7 +10,9 @@ use std::time::Instant;
 use crate::auth0::{Auth0Client, Settings};
 use crate::config::{Config, Environment};
 use crate::engine::{Classified, Counters, Ticker, rss_mib};
+use crate::model::plan::Push;
 use crate::model::profile::Field;
+use crate::model::saved_plan::{self, PlannedUser, SavedPlan};
 use crate::report::{REPORT_VERSION, Report, RunInfo};
 use crate::sources::legacy::{self, Columns};
 use crate::state::StateStore;
@@ -127,6 +129,14 @@ impl Run<'_> {
         } = classified;
         crate::metrics::rows_read("legacy", summary.legacy_users);
         crate::metrics::rows_read("auth0", summary.auth0_users);
+        let mut notes = notes;
+        if let Some(plan) = &self.options.plan {
+            notes.extend(plan_leftovers(plan, &pushes));
+        }
+        if let Some(path) = &self.options.save_plan {
+            let count = save_plan(self.config, &self.info, path, &pushes)?;
+            tracing::info!(users = count, path = %path.display(), "saved the push plan");
+        }
         let mut interrupted = None;
         if self.push && !pushes.is_empty() {
             let limit = self
@@ -141,6 +151,7 @@ impl Run<'_> {
                 options: self.options,
                 limit,
                 recovered: &recovered.profiles,
+                plan: self.options.plan.as_deref(),
             };
             interrupted = phase
                 .run(&mut users, &mut summary, &mut pushes, pushable)
@@ -205,4 +216,79 @@ impl Run<'_> {
             progress: None,
         })
     }
+}
+
+/// The users of an applied plan that no push of this run is for: their data changed since the
+/// plan was made so that they need no push any more (or a different one). Said in the report's
+/// notes and the log.
+fn plan_leftovers(plan: &SavedPlan, pushes: &[Push]) -> Option<String> {
+    let fresh: std::collections::HashSet<&str> =
+        pushes.iter().map(|push| push.auth0_id.as_str()).collect();
+    let gone: Vec<&str> = plan
+        .users
+        .iter()
+        .map(|user| user.user_id.as_str())
+        .filter(|id| !fresh.contains(id))
+        .collect();
+    if gone.is_empty() {
+        return None;
+    }
+    let shown: Vec<&str> = gone.iter().take(10).copied().collect();
+    let note = format!(
+        "{} users of the plan need no push any more (superseded: their data changed since the \
+         plan was made): {}{}",
+        gone.len(),
+        shown.join(", "),
+        if gone.len() > shown.len() {
+            ", …"
+        } else {
+            ""
+        }
+    );
+    tracing::warn!("{note}");
+    Some(note)
+}
+
+/// Writes the run's planned pushes as a plan for review (`reconcile --save-plan FILE`),
+/// privately and atomically; returns how many users it holds.
+fn save_plan(
+    config: &Config,
+    run: &RunInfo,
+    path: &std::path::Path,
+    pushes: &[Push],
+) -> Result<usize, RunError> {
+    let mut users: Vec<PlannedUser> = pushes
+        .iter()
+        .filter(|push| push.sends())
+        .map(PlannedUser::of)
+        .collect();
+    users.sort_by(|a, b| a.user_id.cmp(&b.user_id));
+    let count = users.len();
+    let plan = SavedPlan {
+        format: saved_plan::FORMAT.to_owned(),
+        run_id: run.id.clone(),
+        made_at: timestamp::now_rfc3339(),
+        tenant: plan_tenant(config),
+        connection: config.auth0.connection.clone(),
+        users,
+    };
+    crate::report::write_atomically(path, crate::private_file::PRIVATE, |out| {
+        serde_json::to_writer_pretty(&mut *out, &plan)?;
+        out.write_all(b"\n")
+    })
+    .map_err(|source| RunError::PlanFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(count)
+}
+
+/// The tenant a plan is for: `auth0.domain`, or `auth0.base_url` without one.
+pub fn plan_tenant(config: &Config) -> String {
+    config
+        .auth0
+        .domain
+        .clone()
+        .or_else(|| config.auth0.base_url.clone())
+        .unwrap_or_default()
 }
