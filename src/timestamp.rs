@@ -27,14 +27,21 @@ pub fn format_rfc3339(micros: i64) -> String {
         .unwrap_or_else(|| String::from("1970-01-01T00:00:00Z"))
 }
 
-/// The current time in RFC 3339, to the millisecond (as Auth0 writes its timestamps).
+/// The current time in RFC 3339, to the millisecond (as Auth0 writes its timestamps), always
+/// with three digits of fraction: the state file orders runs by these strings, and a trimmed
+/// fraction (`.67Z` after `.671Z`) would sort out of time order.
 pub fn now_rfc3339() -> String {
     let now = OffsetDateTime::now_utc();
-    let millis = now.millisecond();
-    now.replace_millisecond(millis)
-        .unwrap_or(now)
-        .format(&Rfc3339)
-        .unwrap_or_else(|_| String::from("unknown"))
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second(),
+        now.millisecond()
+    )
 }
 
 #[cfg(test)]
@@ -68,5 +75,12 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn now_has_a_fixed_width_so_that_its_strings_sort_in_time_order() {
+        let now = now_rfc3339();
+        assert_eq!(now.len(), "2026-11-30T02:17:23.670Z".len(), "{now}");
+        assert!(parse_rfc3339(&now).is_some(), "{now}");
     }
 }

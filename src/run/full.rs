@@ -40,7 +40,11 @@ pub(super) async fn run(run: Run<'_>, env: &dyn Environment) -> Result<Finished,
     let options = run.options;
     let clock = run.started;
     let first_run = with_store(run.store, |store| store.last_success("full"))?.is_none();
-    let source = source(config, options.cache_file.as_ref())?;
+    // A saved plan is checked against Auth0 as it is now: always a fresh export job.
+    let source = match options.plan {
+        Some(_) => Source::Export,
+        None => source(config, options.cache_file.as_ref())?,
+    };
     let Setup {
         client,
         recovered,

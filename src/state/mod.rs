@@ -463,7 +463,7 @@ impl StateStore {
     pub fn progress_history(&self) -> Result<Vec<Snapshot>, StateError> {
         let mut statement = self
             .connection
-            .prepare("SELECT snapshot FROM run_progress ORDER BY finished_at")
+            .prepare("SELECT snapshot FROM run_progress ORDER BY finished_at, rowid")
             .map_err(self.error("read the migration's progress"))?;
         let rows = statement
             .query_map([], |row| row.get::<_, String>(0))
@@ -518,7 +518,7 @@ impl StateStore {
         self.connection
             .query_row(
                 "SELECT finished_at FROM runs WHERE kind = ?1 AND outcome = 'success'
-                 ORDER BY finished_at DESC LIMIT 1",
+                 ORDER BY finished_at DESC, rowid DESC LIMIT 1",
                 params![kind],
                 |row| row.get(0),
             )
@@ -544,7 +544,7 @@ impl StateStore {
         self.connection
             .query_row(
                 "SELECT summary FROM runs WHERE kind = 'full' AND outcome = 'success'
-                 ORDER BY finished_at DESC LIMIT 1",
+                 ORDER BY finished_at DESC, rowid DESC LIMIT 1",
                 [],
                 |row| row.get(0),
             )
