@@ -8,7 +8,6 @@ use crate::model::classify::{self, Verdict};
 use crate::model::plan::{self, Push};
 use crate::model::profile::{Auth0User, LegacyView};
 use crate::model::progress::Examples;
-use crate::model::saved_plan;
 use crate::report::{Summary, UserEntry};
 
 use super::Context;
@@ -95,7 +94,7 @@ impl Joined {
         if context.review
             && let Some(push) = push.as_mut()
         {
-            push.review = Some(Box::new(saved_plan::review(&verdict, &user.profile, push)));
+            push.review = Some(Box::new(plan::review(&verdict, &user.profile, push)));
         }
         let seen = baseline::Seen::of(user.migrated);
         let new_set = baseline::next_set(&verdict.keys, stored, context.rules.fields, seen);

@@ -12,12 +12,12 @@
 //! - the combinations Auth0 rejects (`username` with `email`, `email_verified` or `password`;
 //!   Management API reference, "Update a user", 400 answers) split into separate requests.
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
 
 use crate::model::baseline::{self, KeyValues, PackedBaselines, Seen};
 use crate::model::classify::{Status, Verdict};
 use crate::model::profile::{Auth0User, Field, Kind, Profile, Value};
-use crate::model::saved_plan::Review;
 
 /// What a run does with an `orphaned` user (`reconcile.orphans`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,7 +177,7 @@ pub struct Push {
     /// `None` for a user without a legacy row (a blocked orphan): its stored set, the evidence
     /// that it was matched once, stays.
     pub baselines: Option<Box<[u8]>>,
-    /// What a saved plan keeps of the push (see `saved_plan`), when a plan is saved or applied.
+    /// The review data of a push (a saved plan's view of it), when a plan is saved or applied.
     pub review: Option<Box<Review>>,
 }
 
@@ -344,6 +344,57 @@ fn metadata_value(object: Option<&Value<'_>>, key: &str) -> Json {
         .ok()
         .and_then(|mut map| map.remove(key))
         .unwrap_or(Json::Null)
+}
+
+/// What a plan keeps of a push beyond its requests: the review data, collected only when a
+/// plan is saved or applied.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Review {
+    pub auth0_before: Map<String, Json>,
+    pub seen: Vec<SeenKey>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeenKey {
+    pub key: String,
+    pub legacy: String,
+    pub auth0: String,
+}
+
+impl SeenKey {
+    pub fn new(key: &str, legacy: i64, auth0: i64) -> SeenKey {
+        SeenKey {
+            key: key.to_owned(),
+            legacy: format!("{:016x}", legacy as u64),
+            auth0: format!("{:016x}", auth0 as u64),
+        }
+    }
+}
+
+/// The review data of `push`, planned from `verdict` against the Auth0 profile `auth0`.
+pub fn review(verdict: &Verdict, auth0: &Profile<'_>, push: &Push) -> Review {
+    let mut auth0_before = Map::new();
+    for (key, _) in &push.keys {
+        let value = match key.split_once('.') {
+            Some((field, member)) => Field::from_name(field)
+                .and_then(|field| baseline::object(auth0.get(field)).remove(member)),
+            None => Field::from_name(key).and_then(|field| match auth0.get(field)? {
+                Value::Text(text) => Some(Json::String(text.to_string())),
+                Value::Bool(value) => Some(Json::Bool(*value)),
+                Value::Object(text) => serde_json::from_str(text).ok(),
+            }),
+        };
+        auth0_before.insert(key.clone(), value.unwrap_or(Json::Null));
+    }
+    Review {
+        auth0_before,
+        seen: verdict
+            .keys
+            .iter()
+            .map(|key| SeenKey::new(&key.key, key.legacy, key.auth0))
+            .collect(),
+    }
 }
 
 #[cfg(test)]

@@ -8,10 +8,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
 
-use crate::model::baseline;
-use crate::model::classify::Verdict;
-use crate::model::plan::Push;
-use crate::model::profile::{Field, Profile, Value};
+use crate::model::plan::{Push, SeenKey};
 
 /// The format this driftsync writes and reads.
 pub const FORMAT: &str = "driftsync-plan/1";
@@ -43,57 +40,6 @@ pub struct PlannedUser {
     /// Every compared key, with the hashes of both sides' canonical values (hex): the plan
     /// applies only while they are unchanged.
     pub seen: Vec<SeenKey>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SeenKey {
-    pub key: String,
-    pub legacy: String,
-    pub auth0: String,
-}
-
-/// What a plan keeps of a push beyond its requests: the review data, collected only when a
-/// plan is saved or applied.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Review {
-    pub auth0_before: Map<String, Json>,
-    pub seen: Vec<SeenKey>,
-}
-
-/// The review data of `push`, planned from `verdict` against the Auth0 profile `auth0`.
-pub fn review(verdict: &Verdict, auth0: &Profile<'_>, push: &Push) -> Review {
-    let mut auth0_before = Map::new();
-    for (key, _) in &push.keys {
-        let value = match key.split_once('.') {
-            Some((field, member)) => Field::from_name(field)
-                .and_then(|field| baseline::object(auth0.get(field)).remove(member)),
-            None => Field::from_name(key).and_then(|field| match auth0.get(field)? {
-                Value::Text(text) => Some(Json::String(text.to_string())),
-                Value::Bool(value) => Some(Json::Bool(*value)),
-                Value::Object(text) => serde_json::from_str(text).ok(),
-            }),
-        };
-        auth0_before.insert(key.clone(), value.unwrap_or(Json::Null));
-    }
-    Review {
-        auth0_before,
-        seen: verdict
-            .keys
-            .iter()
-            .map(|key| SeenKey::new(&key.key, key.legacy, key.auth0))
-            .collect(),
-    }
-}
-
-impl SeenKey {
-    pub fn new(key: &str, legacy: i64, auth0: i64) -> SeenKey {
-        SeenKey {
-            key: key.to_owned(),
-            legacy: format!("{:016x}", legacy as u64),
-            auth0: format!("{:016x}", auth0 as u64),
-        }
-    }
 }
 
 impl PlannedUser {
@@ -143,7 +89,7 @@ impl PlannedUser {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::plan::Body;
+    use crate::model::plan::{Body, Review};
 
     fn push(seen: &[(&str, i64, i64)], name: &str) -> Push {
         let mut body = Body::default();

@@ -16,8 +16,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::limits::{Class, Take};
-use super::reply::{ApiError, oauth_error, random_text};
-use super::routes::with_rate_headers;
+use super::reply::{ApiError, oauth_error, random_text, with_rate_headers};
 use super::{Shared, lock};
 
 /// Expired tokens are forgotten this long after expiry (then they answer "Invalid token").

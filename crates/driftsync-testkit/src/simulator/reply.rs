@@ -3,11 +3,13 @@
 //! `{"error","error_description"}`, and the RFC 3339 timestamps Auth0 writes.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::macros::format_description;
+
+use super::limits::RateHeaders;
 
 /// A Management API error answer.
 #[derive(Debug, Clone, PartialEq)]
@@ -151,6 +153,15 @@ pub(crate) fn random_text(length: usize) -> String {
     std::iter::repeat_with(fastrand::alphanumeric)
         .take(length)
         .collect()
+}
+
+/// An answer with Auth0's rate-limit headers (`x-ratelimit-limit`, `-remaining`, `-reset`).
+pub(crate) fn with_rate_headers(mut response: Response, rate: RateHeaders) -> Response {
+    let headers = response.headers_mut();
+    headers.insert("x-ratelimit-limit", HeaderValue::from(rate.limit));
+    headers.insert("x-ratelimit-remaining", HeaderValue::from(rate.remaining));
+    headers.insert("x-ratelimit-reset", HeaderValue::from(rate.reset));
+    response
 }
 
 #[cfg(test)]

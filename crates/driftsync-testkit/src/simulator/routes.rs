@@ -15,8 +15,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::Value;
 
-use super::limits::{Class, RateHeaders, Take};
-use super::reply::{ApiError, now_rfc3339};
+use super::limits::{Class, Take};
+use super::reply::{ApiError, now_rfc3339, with_rate_headers};
 use super::{Shared, auth, export, faults, get_user, lock, patch, search};
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
@@ -137,14 +137,6 @@ async fn gate(State(shared): State<Arc<Shared>>, request: Request, next: Next) -
     } else {
         response
     }
-}
-
-pub(crate) fn with_rate_headers(mut response: Response, rate: RateHeaders) -> Response {
-    let headers = response.headers_mut();
-    headers.insert("x-ratelimit-limit", HeaderValue::from(rate.limit));
-    headers.insert("x-ratelimit-remaining", HeaderValue::from(rate.remaining));
-    headers.insert("x-ratelimit-reset", HeaderValue::from(rate.reset));
-    response
 }
 
 fn user_not_found() -> ApiError {
