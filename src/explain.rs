@@ -20,7 +20,9 @@ use crate::config::{CacheSource, Config, Environment};
 use crate::model::baseline::{PackedBaselines, Seen};
 use crate::model::classify::{self, Origin, Status, Verdict};
 use crate::model::plan::{self, Push};
-use crate::model::profile::{Auth0User, Field, LegacyRecord, MigratedRule, USER_ID_PREFIX};
+use crate::model::profile::{
+    Auth0User, Field, LegacyRecord, LegacyView, MigratedRule, Profile, USER_ID_PREFIX, Value,
+};
 use crate::model::trace::{self, KeyTrace};
 use crate::run::apply::{self, Outcome};
 use crate::run::connection::{Classifying, ConnectionFacts};
@@ -85,8 +87,64 @@ pub async fn run(
         bail!("explain needs a user id (with or without `{USER_ID_PREFIX}`)");
     }
     let auth0_id = format!("{USER_ID_PREFIX}{legacy_id}");
+    let (record, fields) = legacy_row(config, &legacy_id).await?;
+    let auth0 = auth0_side(config, options, env, &auth0_id, fields).await?;
+    let store = if config.state.path.exists() || options.push {
+        Some(Arc::new(Mutex::new(StateStore::open(&config.state.path)?)))
+    } else {
+        // Explaining alone never creates the state file.
+        None
+    };
+    let stored: Option<Box<[u8]>> = match &store {
+        Some(store) => lock(store)
+            .baselines_of([legacy_id.as_str()])?
+            .get(&legacy_id)
+            .map(|set| set.0.into()),
+        None => None,
+    };
+    let user = User {
+        auth0_id: &auth0_id,
+        legacy_id: &legacy_id,
+        legacy: record.as_ref().map(LegacyRecord::view),
+        stored: stored.as_deref().map(PackedBaselines),
+    };
+    let Some((mut explanation, push)) = user.explain(&auth0)? else {
+        bail!(
+            "user {legacy_id:?} exists on neither side: the mapping query returns no row with \
+             user_id = {legacy_id:?}, and the connection {:?} has no Auth0 user {auth0_id:?}{}",
+            config.auth0.connection,
+            match &auth0.file {
+                Some(path) => format!(" in {}", path.display()),
+                None => String::new(),
+            }
+        );
+    };
 
-    // The legacy row, read only.
+    let mut needs_action = explanation.status.needs_action();
+    if options.push {
+        explanation.pushed = Some(match (push, &auth0.client, &store) {
+            (Some(push), Some(client), Some(store)) => {
+                let outcome = push_one(client, store, push).await?;
+                needs_action &= !matches!(outcome, Outcome::Applied);
+                match outcome {
+                    Outcome::Applied => json!({"state": "applied"}),
+                    Outcome::Failed(error) => json!({"state": "failed", "error": error}),
+                    Outcome::NotSent(reason) => json!({"state": "not_sent", "error": reason}),
+                }
+            }
+            _ => json!({"state": "not_sent", "error": "nothing to push for this user"}),
+        });
+    }
+    render(&explanation, options.json, out)?;
+    Ok(Explained { needs_action })
+}
+
+/// The user's legacy row (the mapping query restricted to its id, read only), and the
+/// compared fields.
+async fn legacy_row(
+    config: &Config,
+    legacy_id: &str,
+) -> anyhow::Result<(Option<LegacyRecord>, Vec<Field>)> {
     let mut db = legacy::connect(&config.legacy.target).await?;
     let columns = legacy::describe(&mut db, &config.legacy.query).await?;
     let fields = match &config.reconcile.fields {
@@ -97,7 +155,7 @@ pub async fn run(
     legacy::stream_one(
         &mut db,
         &config.legacy.query,
-        &legacy_id,
+        legacy_id,
         &fields,
         |_, row| {
             record = Some(LegacyRecord::from_packed(row.record));
@@ -105,9 +163,27 @@ pub async fn run(
         },
     )
     .await?;
-    drop(db);
+    Ok((record, fields))
+}
 
-    // The Auth0 profile: from the export file, or one read through the Management API.
+/// What explain knows of the Auth0 side: the connection's rules, the client (when the profile
+/// or the connection is read through the Management API, or to push), and the user's profile
+/// as an export line.
+struct Auth0Side {
+    classifying: Classifying,
+    client: Option<Arc<Auth0Client>>,
+    /// The export file the profile came from, if any.
+    file: Option<PathBuf>,
+    line: Option<Vec<u8>>,
+}
+
+async fn auth0_side(
+    config: &Config,
+    options: &Options,
+    env: &dyn Environment,
+    auth0_id: &str,
+    fields: Vec<Field>,
+) -> anyhow::Result<Auth0Side> {
     let file = options.cache_file.clone().or_else(|| {
         (config.cache.source == CacheSource::File)
             .then(|| config.cache.file.clone())
@@ -116,8 +192,9 @@ pub async fn run(
     let needs_client =
         file.is_none() || options.push || matches!(config.auth0.migrated, MigratedRule::ImportMode);
     let client = if needs_client {
-        let settings = Settings::from_config(&config.auth0, env)
-            .context("explain reads the profile or the connection through the Management API (or pass --cache-file)")?;
+        let settings = Settings::from_config(&config.auth0, env).context(
+            "explain reads the profile or the connection through the Management API (or pass --cache-file)",
+        )?;
         Some(Arc::new(Auth0Client::new(
             settings,
             RetryPolicy::from_config(&config.auth0),
@@ -134,118 +211,122 @@ pub async fn run(
     };
     let classifying = Classifying::new(config, facts, fields);
     let line = match (&file, &client) {
-        (Some(path), _) => line_from_file(path, &auth0_id, &classifying)?,
+        (Some(path), _) => line_from_file(path, auth0_id, &classifying)?,
         (None, Some(client)) => client
-            .user(&auth0_id)
+            .user(auth0_id)
             .await?
-            .map(|p| p.to_string().into_bytes()),
+            .map(|profile| profile.to_string().into_bytes()),
         (None, None) => None,
     };
+    Ok(Auth0Side {
+        classifying,
+        client,
+        file,
+        line,
+    })
+}
 
-    // The stored baseline set, if the state file exists (explain alone never creates it).
-    let store = if config.state.path.exists() || options.push {
-        Some(Arc::new(Mutex::new(StateStore::open(&config.state.path)?)))
-    } else {
-        None
-    };
-    let stored: Option<Box<[u8]>> = match &store {
-        Some(store) => lock(store)
-            .baselines_of([legacy_id.as_str()])?
-            .get(&legacy_id)
-            .map(|set| set.0.into()),
-        None => None,
-    };
-    let stored_set = stored.as_deref().map(PackedBaselines);
+/// The user, as read from the legacy side and the state file.
+struct User<'a> {
+    auth0_id: &'a str,
+    legacy_id: &'a str,
+    legacy: Option<LegacyView<'a>>,
+    stored: Option<PackedBaselines<'a>>,
+}
 
-    let context = classifying.context();
-    let legacy_view = record.as_ref().map(LegacyRecord::view);
-    let mut explanation = None;
-    let mut push = None;
-    let mut each = |user: Auth0User<'_>| {
-        let (verdict, keys) = match &legacy_view {
-            Some(legacy) => {
-                let trace = trace::trace(&context.rules, legacy, &user, stored_set);
-                (trace.verdict, trace.keys)
+impl User<'_> {
+    /// Classifies the user with a run's rules and explains it; `None` when it is on neither
+    /// side. Also returns the push a run would plan for it.
+    fn explain(&self, auth0: &Auth0Side) -> anyhow::Result<Option<(Explanation, Option<Push>)>> {
+        let context = auth0.classifying.context();
+        let mut found = None;
+        if let Some(line) = &auth0.line {
+            let source = format!("the Auth0 profile of {}", self.auth0_id);
+            let filter = &auth0.classifying.filter;
+            export::read::<ExportError>(&source, line.as_slice(), filter, |_, user| {
+                let (verdict, keys) = match &self.legacy {
+                    Some(legacy) => {
+                        let trace = trace::trace(&context.rules, legacy, &user, self.stored);
+                        (trace.verdict, trace.keys)
+                    }
+                    None => (
+                        classify::classify(&context.rules, None, Some(&user), self.stored),
+                        Vec::new(),
+                    ),
+                };
+                let legacy_profile = self.legacy.as_ref().map(|legacy| &legacy.profile);
+                let push = plan::for_verdict(
+                    &verdict,
+                    &user,
+                    legacy_profile,
+                    context.policy,
+                    context.orphans,
+                );
+                let sides = (legacy_profile, Some(&user));
+                let explanation = self.describe(auth0, sides, verdict, keys, push.as_ref());
+                found = Some((explanation, push.filter(Push::sends)));
+                Ok(())
+            })?;
+        }
+        Ok(match (found, &self.legacy) {
+            (Some(found), _) => Some(found),
+            (None, Some(legacy)) => {
+                let verdict = classify::classify(&context.rules, Some(legacy), None, self.stored);
+                let sides = (Some(&legacy.profile), None);
+                Some((self.describe(auth0, sides, verdict, Vec::new(), None), None))
             }
-            None => (
-                classify::classify(&context.rules, None, Some(&user), stored_set),
-                Vec::new(),
-            ),
-        };
-        let planned = plan::for_verdict(
-            &verdict,
-            &user,
-            legacy_view.as_ref().map(|legacy| &legacy.profile),
-            context.policy,
-            context.orphans,
-        );
-        explanation = Some(describe(
-            &auth0_id,
-            &legacy_id,
-            &classifying,
-            legacy_view.as_ref().map(|l| &l.profile),
-            Some(&user),
-            stored_set,
-            verdict,
-            keys,
-            planned.as_ref(),
-        ));
-        push = planned.filter(Push::sends);
-    };
-    if let Some(line) = &line {
-        let source = format!("the Auth0 profile of {auth0_id}");
-        export::read::<ExportError>(&source, line.as_slice(), &classifying.filter, |_, user| {
-            each(user);
-            Ok(())
-        })?;
+            (None, None) => None,
+        })
     }
-    let mut explanation = match (explanation, &legacy_view) {
-        (Some(explanation), _) => explanation,
-        (None, Some(legacy)) => {
-            let verdict = classify::classify(&context.rules, Some(legacy), None, stored_set);
-            describe(
-                &auth0_id,
-                &legacy_id,
-                &classifying,
-                Some(&legacy.profile),
-                None,
-                stored_set,
-                verdict,
-                Vec::new(),
-                None,
-            )
-        }
-        (None, None) => bail!(
-            "user {legacy_id:?} exists on neither side: the mapping query returns no row with \
-             user_id = {legacy_id:?}, and the connection {:?} has no Auth0 user {auth0_id:?}{}",
-            config.auth0.connection,
-            match &file {
-                Some(path) => format!(" in {}", path.display()),
-                None => String::new(),
+    /// The explanation of the user on one side or both.
+    fn describe(
+        &self,
+        auth0: &Auth0Side,
+        (legacy, auth0_user): (Option<&Profile<'_>>, Option<&Auth0User<'_>>),
+        verdict: Verdict,
+        keys: Vec<KeyTrace>,
+        push: Option<&Push>,
+    ) -> Explanation {
+        let fields = &auth0.classifying.fields;
+        let values = |profile: &Profile<'_>| {
+            let mut map = serde_json::Map::new();
+            for &field in fields {
+                let value = match profile.get(field) {
+                    Some(Value::Text(text)) => Json::String(text.to_string()),
+                    Some(Value::Bool(value)) => Json::Bool(*value),
+                    Some(Value::Object(text)) => serde_json::from_str(text).unwrap_or(Json::Null),
+                    None => Json::Null,
+                };
+                map.insert(field.name().to_owned(), value);
             }
-        ),
-    };
-
-    let mut needs_action = explanation.status.needs_action();
-    if options.push {
-        let (Some(push), Some(client), Some(store)) = (push, &client, &store) else {
-            explanation.pushed =
-                Some(json!({"state": "not_sent", "error": "nothing to push for this user"}));
-            render(&explanation, options.json, out)?;
-            return Ok(Explained { needs_action });
+            map
         };
-        let outcome = push_one(client, store, push).await?;
-        if matches!(outcome, Outcome::Applied) {
-            needs_action = false;
-        }
-        explanation.pushed = Some(match outcome {
-            Outcome::Applied => json!({"state": "applied"}),
-            Outcome::Failed(error) => json!({"state": "failed", "error": error}),
-            Outcome::NotSent(reason) => json!({"state": "not_sent", "error": reason}),
+        let baseline = self.stored.filter(|set| !set.is_empty()).map(|set| {
+            let seen = match set.seen() {
+                Some(Seen::Migrated) => "migrated",
+                Some(Seen::Cached) => "cached",
+                Some(Seen::Unknown) | None => "unknown",
+            };
+            let keys: Vec<String> = set.entries().into_iter().map(|(key, _)| key).collect();
+            json!({"seen": seen, "keys": keys})
         });
+        Explanation {
+            user_id: self.auth0_id.to_owned(),
+            legacy_id: self.legacy_id.to_owned(),
+            legacy: legacy.map(values),
+            auth0: auth0_user.map(|user| values(&user.profile)),
+            migrated: auth0_user.map(|user| user.migrated),
+            baseline,
+            fields: keys,
+            status: verdict.status,
+            origin: verdict.origin,
+            push_bodies: push
+                .map(|push| push.bodies.iter().map(|body| body.to_json()).collect())
+                .unwrap_or_default(),
+            push_refused: push.map(|push| push.refused.clone()).unwrap_or_default(),
+            pushed: None,
+        }
     }
-    render(&explanation, options.json, out)?;
-    Ok(Explained { needs_action })
 }
 
 /// The user's line in the export file, kept minimal (the attributes a run reads).
@@ -322,61 +403,6 @@ fn lock(store: &Mutex<StateStore>) -> std::sync::MutexGuard<'_, StateStore> {
     store
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// The explanation of a user on one side or both.
-#[allow(clippy::too_many_arguments)]
-fn describe(
-    auth0_id: &str,
-    legacy_id: &str,
-    classifying: &Classifying,
-    legacy: Option<&crate::model::profile::Profile<'_>>,
-    auth0: Option<&Auth0User<'_>>,
-    stored: Option<PackedBaselines<'_>>,
-    verdict: Verdict,
-    keys: Vec<KeyTrace>,
-    push: Option<&Push>,
-) -> Explanation {
-    let values = |profile: &crate::model::profile::Profile<'_>| {
-        let mut map = serde_json::Map::new();
-        for &field in &classifying.fields {
-            let value = match profile.get(field) {
-                Some(crate::model::profile::Value::Text(text)) => Json::String(text.to_string()),
-                Some(crate::model::profile::Value::Bool(value)) => Json::Bool(*value),
-                Some(crate::model::profile::Value::Object(text)) => {
-                    serde_json::from_str(text).unwrap_or(Json::Null)
-                }
-                None => Json::Null,
-            };
-            map.insert(field.name().to_owned(), value);
-        }
-        map
-    };
-    let baseline = stored.filter(|set| !set.is_empty()).map(|set| {
-        let seen = match set.seen() {
-            Some(Seen::Migrated) => "migrated",
-            Some(Seen::Cached) => "cached",
-            Some(Seen::Unknown) | None => "unknown",
-        };
-        let keys: Vec<String> = set.entries().into_iter().map(|(key, _)| key).collect();
-        json!({"seen": seen, "keys": keys})
-    });
-    Explanation {
-        user_id: auth0_id.to_owned(),
-        legacy_id: legacy_id.to_owned(),
-        legacy: legacy.map(values),
-        auth0: auth0.map(|user| values(&user.profile)),
-        migrated: auth0.map(|user| user.migrated),
-        baseline,
-        fields: keys,
-        status: verdict.status,
-        origin: verdict.origin,
-        push_bodies: push
-            .map(|push| push.bodies.iter().map(|body| body.to_json()).collect())
-            .unwrap_or_default(),
-        push_refused: push.map(|push| push.refused.clone()).unwrap_or_default(),
-        pushed: None,
-    }
 }
 
 fn render(explanation: &Explanation, as_json: bool, out: &mut dyn Write) -> anyhow::Result<()> {

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use common::app::{App, Run};
 use common::tenant::fast_retries;
-use driftsync::auth0::{Auth0Client, EndpointClass, Settings};
+use driftsync::auth0::{Auth0Client, EndpointClass, RequestBody, Settings};
 use driftsync_testkit::simulator::{
     BucketLimit, ConnectionSettings, GetUserScript, Limits, Simulator, SimulatorConfig,
 };
@@ -539,7 +539,7 @@ async fn the_limiter_never_overdraws_either_bucket_layout() {
                                 EndpointClass::UsersWrite,
                                 "/api/v2/users/{id}",
                                 url,
-                                Some(&body),
+                                Some(RequestBody::Json(&body)),
                             )
                             .await
                             .map(|_| ())

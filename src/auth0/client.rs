@@ -171,7 +171,13 @@ impl Auth0Client {
         body: Option<&serde_json::Value>,
     ) -> Result<T, Auth0Error> {
         let (_, bytes) = self
-            .send(method.clone(), class, endpoint, url, body)
+            .send(
+                method.clone(),
+                class,
+                endpoint,
+                url,
+                body.map(RequestBody::Json),
+            )
             .await?;
         decode(&method, endpoint, &bytes)
     }
@@ -185,7 +191,7 @@ impl Auth0Client {
         class: EndpointClass,
         endpoint: &'static str,
         url: Url,
-        body: Option<&serde_json::Value>,
+        body: Option<RequestBody<'_>>,
     ) -> Result<(StatusCode, Bytes), Auth0Error> {
         let request = Request {
             method: &method,
@@ -252,8 +258,14 @@ impl Auth0Client {
             if let Some(token) = &token {
                 builder = builder.bearer_auth(token.expose_secret());
             }
-            if let Some(body) = body {
-                builder = builder.json(body);
+            match body {
+                Some(RequestBody::Json(body)) => builder = builder.json(body),
+                Some(RequestBody::Text(text)) => {
+                    builder = builder
+                        .header(reqwest::header::CONTENT_TYPE, "application/json")
+                        .body(text.to_owned());
+                }
+                None => {}
             }
             if class != EndpointClass::Token {
                 self.stats_lock().requests += 1;
@@ -389,7 +401,7 @@ impl Auth0Client {
             class: EndpointClass::Token,
             endpoint: "/oauth/token",
             url: &url,
-            body: Some(&body),
+            body: Some(RequestBody::Json(&body)),
             bearer: false,
         };
         let token = self
@@ -527,9 +539,16 @@ struct Request<'a> {
     /// The endpoint's template, for metrics and messages.
     endpoint: &'static str,
     url: &'a str,
-    body: Option<&'a serde_json::Value>,
+    body: Option<RequestBody<'a>>,
     /// Whether it carries the Management API token (renewed once on a 401).
     bearer: bool,
+}
+
+/// A request's JSON body: a tree, or JSON text sent as it is (a planned PATCH body).
+#[derive(Debug, Clone, Copy)]
+pub enum RequestBody<'a> {
+    Json(&'a serde_json::Value),
+    Text(&'a str),
 }
 
 /// An answer `exchange` does not handle itself (not a 429, not a 5xx, not the 401 it renews

@@ -13,7 +13,7 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{self, ENV_CLIENT_SECRET, Environment};
-pub use client::{Auth0Client, RetryPolicy};
+pub use client::{Auth0Client, RequestBody, RetryPolicy};
 pub use limiter::EndpointClass;
 
 #[derive(Debug, thiserror::Error)]

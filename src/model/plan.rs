@@ -91,72 +91,40 @@ impl PushPolicy {
     }
 }
 
-/// One PATCH body: the attributes it sets, as (name, JSON value) pairs. It is sent, journaled
-/// and compared as the JSON object [`Body::to_json`] makes; kept as pairs because a large run
-/// plans tens of thousands of pushes, and a map per body costs several hundred bytes more.
-#[derive(Debug, Clone, Default)]
-pub struct Body(Vec<(&'static str, Json)>);
+/// One PATCH body: a JSON object held as its compact text, keys sorted — the very bytes that
+/// are sent and journaled. A large run plans tens of thousands of pushes, and a tree each would
+/// cost several hundred bytes more; a tree is made from the text only where one is read
+/// ([`Body::to_json`]: the saved plan, `explain`, the check of a push a stopped run sent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Body(Box<str>);
 
 impl Body {
-    pub fn get(&self, name: &str) -> Option<&Json> {
-        self.0
-            .iter()
-            .find(|(key, _)| *key == name)
-            .map(|(_, value)| value)
+    /// The body that sets these attributes.
+    pub fn of(attributes: Map<String, Json>) -> Body {
+        Body(Json::Object(attributes).to_string().into_boxed_str())
+    }
+
+    /// The JSON text Auth0 receives and the journal keeps.
+    pub fn text(&self) -> &str {
+        &self.0
+    }
+
+    /// The body as a JSON tree. Its text is written by [`Body::of`] from a JSON object, so it
+    /// always reads back as one.
+    pub fn to_json(&self) -> Json {
+        serde_json::from_str(&self.0).unwrap_or(Json::Null)
+    }
+
+    /// The value the body sets for `name`.
+    pub fn get(&self, name: &str) -> Option<Json> {
+        match self.to_json() {
+            Json::Object(mut attributes) => attributes.remove(name),
+            _ => None,
+        }
     }
 
     pub fn contains_key(&self, name: &str) -> bool {
         self.get(name).is_some()
-    }
-
-    /// Sets `name` (replacing its value when it is set already).
-    pub fn insert(&mut self, name: &'static str, value: Json) {
-        match self.0.iter_mut().find(|(key, _)| *key == name) {
-            Some((_, current)) => *current = value,
-            None => self.0.push((name, value)),
-        }
-    }
-
-    fn remove(&mut self, name: &str) -> Option<Json> {
-        let position = self.0.iter().position(|(key, _)| *key == name)?;
-        Some(self.0.remove(position).1)
-    }
-
-    /// The value of `name`, inserted as `value` first when it is not set.
-    fn entry(&mut self, name: &'static str, value: impl FnOnce() -> Json) -> &mut Json {
-        let position = match self.0.iter().position(|(key, _)| *key == name) {
-            Some(position) => position,
-            None => {
-                self.0.push((name, value()));
-                self.0.len() - 1
-            }
-        };
-        &mut self.0[position].1
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &Json)> {
-        self.0.iter().map(|(key, value)| (*key, value))
-    }
-
-    /// The body as Auth0 receives it and the journal keeps it (keys sorted).
-    pub fn to_json(&self) -> Json {
-        Json::Object(
-            self.0
-                .iter()
-                .map(|(key, value)| ((*key).to_owned(), value.clone()))
-                .collect(),
-        )
-    }
-}
-
-/// Bodies are equal when they set the same attributes to the same values, in any order.
-impl PartialEq for Body {
-    fn eq(&self, other: &Body) -> bool {
-        self.to_json() == other.to_json()
     }
 }
 
@@ -242,9 +210,9 @@ fn block_orphan((auth0_id, legacy_id): (&str, &str), auth0: &Profile<'_>) -> Pus
         ..Push::default()
     };
     if !blocked {
-        let mut body = Body::default();
-        body.insert("blocked", Json::Bool(true));
-        push.bodies.push(body);
+        let mut body = Map::new();
+        body.insert("blocked".into(), Json::Bool(true));
+        push.bodies.push(Body::of(body));
     }
     push
 }
@@ -257,7 +225,7 @@ pub fn plan_user(
     auth0: &Profile<'_>,
     policy: &PushPolicy,
 ) -> Push {
-    let mut body = Body::default();
+    let mut body = Map::new();
     let mut keys = Vec::new();
     let mut refused = Vec::new();
     for values in changed {
@@ -277,7 +245,9 @@ pub fn plan_user(
         match (field.kind(), metadata_key) {
             (Kind::Object, Some(key)) => {
                 let value = metadata_value(legacy.get(field), key);
-                let object = body.entry(field.name(), || Json::Object(Map::new()));
+                let object = body
+                    .entry(field.name())
+                    .or_insert_with(|| Json::Object(Map::new()));
                 if let Json::Object(object) = object {
                     object.insert(key.to_owned(), value);
                 }
@@ -285,7 +255,7 @@ pub fn plan_user(
             (Kind::Object, None) => continue,
             (Kind::Bool, _) => {
                 let value = matches!(legacy.get(field), Some(Value::Bool(true)));
-                body.insert(field.name(), Json::Bool(value));
+                body.insert(field.name().to_owned(), Json::Bool(value));
             }
             (Kind::Text, _) => {
                 let text = legacy.text(field).filter(|text| !text.is_empty());
@@ -295,7 +265,7 @@ pub fn plan_user(
                     continue;
                 }
                 body.insert(
-                    field.name(),
+                    field.name().to_owned(),
                     text.map_or(Json::Null, |text| Json::String(text.to_owned())),
                 );
             }
@@ -305,9 +275,9 @@ pub fn plan_user(
     if body.contains_key("email") {
         if !body.contains_key("email_verified") {
             let verified = policy.email_verified(legacy, auth0);
-            body.insert("email_verified", Json::Bool(verified));
+            body.insert("email_verified".into(), Json::Bool(verified));
         }
-        body.insert("verify_email", Json::Bool(policy.verify_email));
+        body.insert("verify_email".into(), Json::Bool(policy.verify_email));
     }
     let mut bodies = Vec::new();
     // Auth0 rejects username together with email or email_verified (and password, never sent
@@ -315,14 +285,14 @@ pub fn plan_user(
     if body.contains_key("username")
         && (body.contains_key("email") || body.contains_key("email_verified"))
     {
-        let mut username = Body::default();
+        let mut username = Map::new();
         if let Some(value) = body.remove("username") {
-            username.insert("username", value);
+            username.insert("username".into(), value);
         }
-        bodies.push(body);
-        bodies.push(username);
+        bodies.push(Body::of(body));
+        bodies.push(Body::of(username));
     } else if !body.is_empty() {
-        bodies.push(body);
+        bodies.push(Body::of(body));
     }
     Push {
         auth0_id: auth0_id.to_owned(),
@@ -407,13 +377,7 @@ mod tests {
     /// A PATCH body from a JSON object literal.
     fn body(value: Json) -> Body {
         match value {
-            Json::Object(map) => {
-                let mut body = Body::default();
-                for (key, value) in map {
-                    body.insert(Box::leak(key.into_boxed_str()), value);
-                }
-                body
-            }
+            Json::Object(map) => Body::of(map),
             other => panic!("not an object: {other}"),
         }
     }
@@ -491,10 +455,7 @@ mod tests {
             &from_legacy,
         );
         assert_eq!(
-            plan.bodies[0]
-                .get("email_verified")
-                .cloned()
-                .unwrap_or_default(),
+            plan.bodies[0].get("email_verified").unwrap_or_default(),
             json!(true),
             "{:?}",
             plan.bodies

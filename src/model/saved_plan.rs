@@ -92,8 +92,9 @@ mod tests {
     use crate::model::plan::{Body, Review};
 
     fn push(seen: &[(&str, i64, i64)], name: &str) -> Push {
-        let mut body = Body::default();
-        body.insert("name", Json::from(name));
+        let mut body = Map::new();
+        body.insert("name".into(), Json::from(name));
+        let body = Body::of(body);
         Push {
             auth0_id: "auth0|1".into(),
             legacy_id: "1".into(),

@@ -17,9 +17,9 @@ use reqwest::Method;
 use serde_json::Value as Json;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth0::{Auth0Client, Auth0Error, EndpointClass};
+use crate::auth0::{Auth0Client, Auth0Error, EndpointClass, RequestBody};
 use crate::model::equality::equal_ignoring_case;
-use crate::model::plan::Push;
+use crate::model::plan::{Body, Push};
 use crate::model::profile::Field;
 use crate::state::{JournalState, StateError, StateStore};
 use crate::timestamp;
@@ -110,8 +110,7 @@ async fn push_user(
     stop: &CancellationToken,
 ) -> Result<Outcome, ApplyError> {
     for body in &push.bodies {
-        let body = body.to_json();
-        let text = body.to_string();
+        let text = body.text().to_owned();
         let (run, user) = (run_id.to_string(), push.auth0_id.clone());
         let entry = journal(store, move |store| {
             store.journal_plan(&run, &user, &text, &timestamp::now_rfc3339())
@@ -126,7 +125,7 @@ async fn push_user(
             EndpointClass::UsersWrite,
             "/api/v2/users/{id}",
             url,
-            Some(&body),
+            Some(RequestBody::Text(body.text())),
         );
         let answer = tokio::select! {
             answer = send => answer,
@@ -152,7 +151,7 @@ async fn push_user(
                 return fail(store, entry, error).await;
             }
             Err(error) => {
-                let why = get_user_refusal(&body, &error).unwrap_or_else(|| error.to_string());
+                let why = get_user_refusal(body, &error).unwrap_or_else(|| error.to_string());
                 return fail(store, entry, why).await;
             }
         }
@@ -167,7 +166,7 @@ async fn push_user(
 /// finds it, and Auth0 answers 400 "The specified new email already exists" (Auth0 support,
 /// "Email Conflict During Automatic Migration with Auth0 Custom Database Connections").
 /// Sending it again cannot succeed until the script changes.
-fn get_user_refusal(body: &Json, error: &Auth0Error) -> Option<String> {
+fn get_user_refusal(body: &Body, error: &Auth0Error) -> Option<String> {
     let Auth0Error::Api {
         status: 400,
         message,
@@ -177,8 +176,7 @@ fn get_user_refusal(body: &Json, error: &Auth0Error) -> Option<String> {
         return None;
     };
     let attribute = ["email", "username"].into_iter().find(|attribute| {
-        body.get(attribute).is_some()
-            && message.contains(&format!("new {attribute} already exists"))
+        body.contains_key(attribute) && message.contains(&format!("new {attribute} already exists"))
     })?;
     Some(format!(
         "Auth0 refused the new {attribute}: {message:?}. With import mode Auth0 runs the \
@@ -300,12 +298,17 @@ mod tests {
             code: Some("auth0_idp_error".into()),
             message: message.into(),
         };
-        let email = json!({"email": "new@x.io", "email_verified": false});
+        let email = Body::of(
+            json!({"email": "new@x.io", "email_verified": false})
+                .as_object()
+                .cloned()
+                .unwrap(),
+        );
         let refusal =
             get_user_refusal(&email, &api(400, "The specified new email already exists")).unwrap();
         assert!(refusal.contains("Get User script"), "{refusal}");
         assert!(refusal.contains("marked as migrated"), "{refusal}");
-        let username = json!({"username": "pat"});
+        let username = Body::of(json!({"username": "pat"}).as_object().cloned().unwrap());
         assert!(
             get_user_refusal(
                 &username,
