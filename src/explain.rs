@@ -10,22 +10,22 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use serde::Serialize;
 use serde_json::{Value as Json, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::auth0::{Auth0Client, RetryPolicy, Settings};
-use crate::config::{CacheSource, Config, Environment};
+use crate::auth0::Auth0Client;
+use crate::config::{Config, Environment};
 use crate::model::baseline::{PackedBaselines, Seen};
 use crate::model::classify::{self, Origin, Status, Verdict};
 use crate::model::plan::{self, Push};
 use crate::model::profile::{
-    Auth0User, Field, LegacyRecord, LegacyView, MigratedRule, Profile, USER_ID_PREFIX, Value,
+    Auth0User, Field, LegacyRecord, LegacyView, Profile, USER_ID_PREFIX, Value,
 };
 use crate::model::trace::{self, KeyTrace};
 use crate::run::apply::{self, Outcome};
-use crate::run::connection::{Classifying, ConnectionFacts};
+use crate::run::connection::{Auth0Access, Classifying};
 use crate::sources::export::{self, ExportError};
 use crate::sources::legacy;
 use crate::state::StateStore;
@@ -184,31 +184,20 @@ async fn auth0_side(
     auth0_id: &str,
     fields: Vec<Field>,
 ) -> anyhow::Result<Auth0Side> {
-    let file = options.cache_file.clone().or_else(|| {
-        (config.cache.source == CacheSource::File)
-            .then(|| config.cache.file.clone())
-            .flatten()
-    });
-    let needs_client =
-        file.is_none() || options.push || matches!(config.auth0.migrated, MigratedRule::ImportMode);
-    let client = if needs_client {
-        let settings = Settings::from_config(&config.auth0, env).context(
-            "explain reads the profile or the connection through the Management API (or pass --cache-file)",
-        )?;
-        Some(Arc::new(Auth0Client::new(
-            settings,
-            RetryPolicy::from_config(&config.auth0),
-        )?))
-    } else {
-        None
-    };
-    let facts = match &client {
-        Some(client) => {
-            let connection = client.connection_by_name(&config.auth0.connection).await?;
-            ConnectionFacts::read(config, &connection)
-        }
-        None => ConnectionFacts::assumed(config),
-    };
+    let access = Auth0Access::open(
+        config,
+        env,
+        options.cache_file.as_deref(),
+        "explain (without --cache-file)",
+        options.push,
+    )
+    .await?;
+    let Auth0Access {
+        client,
+        facts,
+        file,
+        ..
+    } = access;
     let classifying = Classifying::new(config, facts, fields);
     let line = match (&file, &client) {
         (Some(path), _) => line_from_file(path, auth0_id, &classifying)?,

@@ -6,17 +6,14 @@
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use serde_json::json;
 
 use crate::auth0::export_job::{self, ExportOptions};
-use crate::auth0::{Auth0Client, RetryPolicy, Settings};
-use crate::config::{CacheSource, Config, Environment};
-use crate::model::profile::MigratedRule;
+use crate::config::{Config, Environment};
 use crate::model::progress::{self, Blocker, INACTIVITY_BUCKETS, Progress, Projection, Snapshot};
-use crate::run::connection::ConnectionFacts;
+use crate::run::connection::Auth0Access;
 use crate::sources::export::{self, ExportError, ExportFilter};
 use crate::state::StateStore;
 
@@ -192,33 +189,19 @@ async fn write_migrated_ids(
     path: &Path,
     cache_file: Option<&Path>,
 ) -> anyhow::Result<u64> {
-    let file = cache_file.map(Path::to_owned).or_else(|| {
-        (config.cache.source == CacheSource::File)
-            .then(|| config.cache.file.clone())
-            .flatten()
-    });
-    let needs_client = file.is_none() || matches!(config.auth0.migrated, MigratedRule::ImportMode);
-    let client = if needs_client {
-        let settings = Settings::from_config(&config.auth0, env).context(
-            "--migrated-ids reads Auth0's users through the Management API (or pass --cache-file)",
-        )?;
-        Some(Arc::new(Auth0Client::new(
-            settings,
-            RetryPolicy::from_config(&config.auth0),
-        )?))
-    } else {
-        None
-    };
-    let (facts, connection_id) = match &client {
-        Some(client) => {
-            let connection = client.connection_by_name(&config.auth0.connection).await?;
-            (
-                ConnectionFacts::read(config, &connection),
-                Some(connection.id),
-            )
-        }
-        None => (ConnectionFacts::assumed(config), None),
-    };
+    let Auth0Access {
+        client,
+        facts,
+        connection_id,
+        file,
+    } = Auth0Access::open(
+        config,
+        env,
+        cache_file,
+        "--migrated-ids (without --cache-file)",
+        false,
+    )
+    .await?;
     let filter = ExportFilter {
         connection: config.auth0.connection.clone(),
         migrated: facts.migrated.clone(),
@@ -231,16 +214,8 @@ async fn write_migrated_ids(
             let job = export_job::run_job(client, &connection_id, &fields, &options).await?;
             let name = format!("of export job {}", job.id);
             let stream = export_job::download(client.clone(), job, &options);
-            let reader =
-                tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
-            let input =
-                export::decompressing(std::io::BufReader::with_capacity(256 * 1024, reader))
-                    .map_err(|source| ExportError::Read {
-                        source_name: name.clone(),
-                        line: 0,
-                        source,
-                    })?;
-            (name, export::read_ahead(input))
+            let input = export::from_download(&name, stream)?;
+            (name, input)
         }
         _ => bail!("--migrated-ids needs the export file or the Management API"),
     };

@@ -157,35 +157,43 @@ impl FullPass {
         let shared = Arc::try_unwrap(self.shared).map_err(|_| {
             EngineError::Internal("the legacy table is still shared after the join")
         })?;
-        let Joined {
-            summary,
-            mut users,
-            planned,
-            mut baseline_changes,
-            pushable_users,
-            new_sets,
-            migrated,
-            examples,
-            inactivity,
-            ..
-        } = joined;
+        let mut joined = joined;
+        let new_sets = std::mem::take(&mut joined.new_sets);
         let table_sets = shared.table.into_new_baselines(new_sets);
-        baseline_changes.add_table_sets(table_sets);
-        // The two sorts of a large run, side by side.
-        std::thread::scope(|scope| {
+        joined.baseline_changes.add_table_sets(table_sets);
+        Ok(classified(joined, true))
+    }
+}
+
+/// A pass's result, its users sorted by id; with `sort_table_sets`, the table's baseline sets
+/// are sorted meanwhile on another thread (the two sorts of a large run, side by side).
+fn classified(joined: Joined, sort_table_sets: bool) -> Classified {
+    let Joined {
+        summary,
+        mut users,
+        planned,
+        mut baseline_changes,
+        pushable_users,
+        migrated,
+        examples,
+        inactivity,
+        ..
+    } = joined;
+    std::thread::scope(|scope| {
+        if sort_table_sets {
             scope.spawn(|| baseline_changes.sort_table_sets());
-            users.sort_unstable_by(|a, b| a.user_id.cmp(&b.user_id));
-        });
-        Ok(Classified {
-            summary,
-            users,
-            pushes: planned,
-            pushable_users,
-            baselines: baseline_changes,
-            migrated,
-            examples,
-            inactivity,
-        })
+        }
+        users.sort_unstable_by(|a, b| a.user_id.cmp(&b.user_id));
+    });
+    Classified {
+        summary,
+        users,
+        pushes: planned,
+        pushable_users,
+        baselines: baseline_changes,
+        migrated,
+        examples,
+        inactivity,
     }
 }
 
@@ -290,25 +298,6 @@ impl<'c> ChangedUsers<'c> {
 
     /// The pass's result, the users sorted by id.
     pub fn finish(self) -> Classified {
-        let Joined {
-            summary,
-            mut users,
-            planned,
-            baseline_changes,
-            pushable_users,
-            migrated,
-            ..
-        } = self.joined;
-        users.sort_unstable_by(|a, b| a.user_id.cmp(&b.user_id));
-        Classified {
-            summary,
-            users,
-            pushes: planned,
-            pushable_users,
-            baselines: baseline_changes,
-            migrated,
-            examples: Examples::default(),
-            inactivity: None,
-        }
+        classified(self.joined, false)
     }
 }

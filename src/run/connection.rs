@@ -4,7 +4,12 @@
 //! run and a changes run derive all three from here, so they cannot disagree.
 
 use crate::auth0::Connection;
-use crate::config::Config;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::RunError;
+use crate::auth0::{Auth0Client, RetryPolicy, Settings};
+use crate::config::{CacheSource, Config, Environment};
 use crate::engine::Context;
 use crate::model::classify::Rules;
 use crate::model::plan::{DEFAULT_MIGRATED_FIELDS, PushPolicy};
@@ -113,6 +118,67 @@ impl Classifying {
             orphans: self.orphans,
             review: self.review,
         }
+    }
+}
+
+/// Auth0's side for a command that reads it outside a run (`explain`, `cutover
+/// --migrated-ids`): the export file when there is one (`cache_file`, else the configured
+/// file source), otherwise the Management API; and the connection's facts, read through the
+/// API whenever a client is at hand.
+pub struct Auth0Access {
+    pub client: Option<Arc<Auth0Client>>,
+    pub facts: ConnectionFacts,
+    /// The connection's id, when it was read through the API.
+    pub connection_id: Option<String>,
+    pub file: Option<PathBuf>,
+}
+
+impl Auth0Access {
+    /// `command` names the command in the error when the API is needed and not configured;
+    /// `api_anyway` is true when the command needs the API even with a file (to push).
+    pub async fn open(
+        config: &Config,
+        env: &dyn Environment,
+        cache_file: Option<&Path>,
+        command: &'static str,
+        api_anyway: bool,
+    ) -> Result<Auth0Access, RunError> {
+        let file = cache_file.map(Path::to_owned).or_else(|| {
+            (config.cache.source == CacheSource::File)
+                .then(|| config.cache.file.clone())
+                .flatten()
+        });
+        let client = if file.is_none()
+            || api_anyway
+            || matches!(config.auth0.migrated, MigratedRule::ImportMode)
+        {
+            let settings = Settings::from_config(&config.auth0, env).map_err(|source| {
+                RunError::ApiSettings {
+                    why: command,
+                    source,
+                }
+            })?;
+            let retry = RetryPolicy::from_config(&config.auth0);
+            Some(Arc::new(Auth0Client::new(settings, retry)?))
+        } else {
+            None
+        };
+        let (facts, connection_id) = match &client {
+            Some(client) => {
+                let connection = client.connection_by_name(&config.auth0.connection).await?;
+                (
+                    ConnectionFacts::read(config, &connection),
+                    Some(connection.id),
+                )
+            }
+            None => (ConnectionFacts::assumed(config), None),
+        };
+        Ok(Auth0Access {
+            client,
+            facts,
+            connection_id,
+            file,
+        })
     }
 }
 

@@ -15,7 +15,7 @@ use crate::model::profile::Field;
 use crate::model::profile::MigratedRule;
 use crate::model::progress::{Examples, Snapshot};
 use crate::report::{Report, Summary};
-use crate::sources::export::{self, ExportError};
+use crate::sources::export;
 use crate::sources::legacy;
 use crate::timestamp;
 
@@ -114,17 +114,8 @@ pub(super) async fn run(run: Run<'_>, env: &dyn Environment) -> Result<Finished,
             crate::priority::yield_to_legacy_side();
             let (name, input) = match (source, download) {
                 (_, Some((name, stream))) => {
-                    let reader = tokio_util::io::SyncIoBridge::new(
-                        tokio_util::io::StreamReader::new(stream),
-                    );
-                    let buffered = std::io::BufReader::with_capacity(256 * 1024, reader);
-                    let input =
-                        export::decompressing(buffered).map_err(|source| ExportError::Read {
-                            source_name: name.clone(),
-                            line: 0,
-                            source,
-                        })?;
-                    (name, export::read_ahead(input))
+                    let input = export::from_download(&name, stream)?;
+                    (name, input)
                 }
                 (Source::File(path), None) => {
                     (path.display().to_string(), export::open_file(&path)?)

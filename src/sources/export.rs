@@ -331,6 +331,24 @@ pub fn minimal_line(user: &Auth0User<'_>, fields: &[Field], filter: &ExportFilte
     out
 }
 
+/// A users-export job's download (`name` says which, in errors) as lines to read: decompressed
+/// and read ahead on a thread of its own. Call it on a blocking thread of the async runtime:
+/// reading it blocks on the download.
+pub fn from_download(
+    name: &str,
+    stream: impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + Unpin + 'static,
+) -> Result<Box<dyn BufRead + Send>, ExportError> {
+    let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
+    let input = decompressing(BufReader::with_capacity(256 * 1024, reader)).map_err(|source| {
+        ExportError::Read {
+            source_name: name.to_owned(),
+            line: 0,
+            source,
+        }
+    })?;
+    Ok(read_ahead(input))
+}
+
 /// The error for a line over [`MAX_LINE_BYTES`].
 pub fn line_too_long(source_name: &str, line: u64) -> ExportError {
     ExportError::Line {
