@@ -37,11 +37,12 @@ start_pg() {
 
 sql() { psql -q -h 127.0.0.1 -p "$port" -U postgres bench "$@"; }
 
-# generate USERS SEED: the data set in $work/data, loaded into the database.
+# generate USERS SEED [PROFILE]: the data set in $work/data (PROFILE lean, the default, or
+# realistic), loaded into the database.
 generate() {
-    ./target/release/datagen --users "$1" --seed "$2" --out "$work/data"
+    ./target/release/datagen --users "$1" --seed "$2" --profile "${3:-lean}" --out "$work/data"
     sql -f "$work/data/schema.sql"
-    sql -c "\\copy users (id, email, email_verified, name, given_name, family_name, blocked, metadata, updated_at) FROM '$work/data/legacy.copy'" \
+    sql -c "\\copy users $(cat "$work/data/copy_columns.txt") FROM '$work/data/legacy.copy'" \
         -c "VACUUM ANALYZE users"
 }
 
@@ -85,3 +86,14 @@ simulator_stats() {
 }
 
 measure() { python3 bench/measure.py "$@" 2>&1 >/dev/null | tail -n 1; }
+
+# peer_python: a Python with psycopg for the hand-written peer (bench/peer.py), in a virtual
+# environment under target/ that this installs from PyPI the first time.
+peer_python() {
+    local venv=target/bench-venv
+    if [[ ! -x $venv/bin/python ]] || ! "$venv/bin/python" -c 'import psycopg' 2>/dev/null; then
+        python3 -m venv "$venv" >&2 || { echo "bench: cannot create $venv (install python3-venv)" >&2; return 1; }
+        "$venv/bin/pip" install --quiet 'psycopg[binary]>=3.1,<4' >&2 || { echo "bench: cannot install psycopg from PyPI" >&2; return 1; }
+    fi
+    echo "$venv/bin/python"
+}

@@ -2,10 +2,17 @@
 //! Auth0 users export (NDJSON), with a known mix of statuses. Benchmarks, tests and the demo
 //! use it; the same seed and size always give the same bytes.
 //!
-//! The legacy table is `(id bigint, email text, email_verified boolean, name text, given_name
-//! text, family_name text, blocked boolean, metadata jsonb, updated_at timestamptz)`;
-//! [`mapping_query`] maps it to profile attributes, and Auth0 marks migrated users with
-//! `app_metadata.migrated = true` ([`MIGRATED_RULE`]).
+//! Two shapes of profile ([`Shape`]), with the same status mix:
+//! - **lean** (the tests' default): the legacy table is `(id bigint, email text, email_verified
+//!   boolean, name text, given_name text, family_name text, blocked boolean, metadata jsonb,
+//!   updated_at timestamptz)`, with two metadata keys;
+//! - **realistic** (the benchmark's default): what real tenants carry — every field present
+//!   (also `nickname`, `picture` and `app_metadata`), UTF-8 names, a `user_metadata` of eight
+//!   keys with a nested object, an array, a number and a boolean, and an `app_metadata` with
+//!   roles and a plan (Auth0's copy adds the migration marker).
+//!
+//! [`DataSet::mapping_query`] maps the table to profile attributes, and Auth0 marks migrated
+//! users with `app_metadata.migrated = true` ([`MIGRATED_RULE`]).
 
 use std::io::{self, Write};
 
@@ -100,10 +107,62 @@ const MIX: [(Kind, u64); 9] = [
 pub struct DataSet {
     pub users: u64,
     pub seed: u64,
+    pub shape: Shape,
+}
+
+/// What each profile carries (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Shape {
+    #[default]
+    Lean,
+    Realistic,
+}
+
+impl std::str::FromStr for Shape {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Shape, String> {
+        match text {
+            "lean" => Ok(Shape::Lean),
+            "realistic" => Ok(Shape::Realistic),
+            other => Err(format!(
+                "{other:?} is not a profile shape: lean or realistic"
+            )),
+        }
+    }
 }
 
 const GIVEN: [&str; 8] = ["Ada", "Bo", "Cyd", "Dana", "Eli", "Fay", "Gus", "Hana"];
 const FAMILY: [&str; 8] = ["Lee", "Kim", "Moss", "Ngo", "Ortiz", "Park", "Quinn", "Roy"];
+/// The realistic shape's names (UTF-8), and the ASCII their email addresses use.
+const GIVEN_UTF8: [(&str, &str); 8] = [
+    ("José", "jose"),
+    ("Zoë", "zoe"),
+    ("Søren", "soren"),
+    ("Łucja", "lucja"),
+    ("Amélie", "amelie"),
+    ("Jürgen", "juergen"),
+    ("Hana", "hana"),
+    ("Ngọc", "ngoc"),
+];
+const FAMILY_UTF8: [(&str, &str); 8] = [
+    ("Müller", "mueller"),
+    ("García", "garcia"),
+    ("Nguyễn", "nguyen"),
+    ("Ødegård", "odegard"),
+    ("Dvořák", "dvorak"),
+    ("Öztürk", "ozturk"),
+    ("Silva", "silva"),
+    ("Kowalski", "kowalski"),
+];
+const CITIES: [&str; 4] = ["Lyon", "São Paulo", "Kraków", "Osaka"];
+const TIMEZONES: [&str; 4] = [
+    "Europe/Paris",
+    "America/Sao_Paulo",
+    "Europe/Warsaw",
+    "Asia/Tokyo",
+];
+const INTERESTS: [&str; 6] = ["cycling", "jazz", "chess", "hiking", "cooking", "film"];
+const ROLES: [&str; 3] = ["member", "editor", "billing"];
 const LANGS: [&str; 4] = ["en", "de", "fr", "ja"];
 const PLANS: [&str; 3] = ["free", "pro", "team"];
 
@@ -115,14 +174,34 @@ struct User {
     id: u64,
     kind: Kind,
     random: u64,
+    shape: Shape,
 }
 
 impl User {
     fn given(&self) -> &'static str {
-        GIVEN[(self.random % 8) as usize]
+        let index = (self.random % 8) as usize;
+        match self.shape {
+            Shape::Lean => GIVEN[index],
+            Shape::Realistic => GIVEN_UTF8[index].0,
+        }
     }
     fn family(&self) -> &'static str {
-        FAMILY[((self.random >> 3) % 8) as usize]
+        let index = ((self.random >> 3) % 8) as usize;
+        match self.shape {
+            Shape::Lean => FAMILY[index],
+            Shape::Realistic => FAMILY_UTF8[index].0,
+        }
+    }
+    /// The name in the email address (ASCII).
+    fn email_name(&self) -> String {
+        match self.shape {
+            Shape::Lean => format!("{}.{}", self.given(), self.family()),
+            Shape::Realistic => format!(
+                "{}.{}",
+                GIVEN_UTF8[(self.random % 8) as usize].1,
+                FAMILY_UTF8[((self.random >> 3) % 8) as usize].1
+            ),
+        }
     }
     fn lang(&self) -> &'static str {
         LANGS[((self.random >> 6) % 4) as usize]
@@ -134,7 +213,48 @@ impl User {
         !(self.random >> 10).is_multiple_of(4)
     }
     fn email(&self) -> String {
-        format!("{}.{}{}@example.org", self.given(), self.family(), self.id).to_lowercase()
+        format!("{}{}@example.org", self.email_name(), self.id).to_lowercase()
+    }
+    /// The realistic shape's `user_metadata`, with `plan` as given: eight keys, one a nested
+    /// object, one an array, a number and a boolean.
+    fn user_metadata(&self, plan: &str) -> String {
+        let city = CITIES[((self.random >> 14) % 4) as usize];
+        let first = INTERESTS[((self.random >> 16) % 6) as usize];
+        let second = INTERESTS[((self.random >> 19) % 6) as usize];
+        format!(
+            concat!(
+                "{{\"lang\":\"{lang}\",\"plan\":\"{plan}\",\"theme\":\"dark\",",
+                "\"timezone\":\"{timezone}\",\"newsletter\":{newsletter},\"score\":{score}.5,",
+                "\"address\":{{\"street\":\"{number} Rue de la Paix\",\"city\":\"{city}\",",
+                "\"zip\":\"{zip:05}\",\"country\":\"{country}\"}},",
+                "\"interests\":[\"{first}\",\"{second}\"]}}"
+            ),
+            lang = self.lang(),
+            plan = plan,
+            timezone = TIMEZONES[((self.random >> 14) % 4) as usize],
+            newsletter = self.random & 1 == 1,
+            score = (self.random >> 22) % 100,
+            number = 1 + (self.random >> 29) % 200,
+            city = city,
+            zip = (self.random >> 37) % 100_000,
+            country = ["FR", "BR", "PL", "JP"][((self.random >> 14) % 4) as usize],
+            first = first,
+            second = second,
+        )
+    }
+    /// The realistic shape's `app_metadata` as the legacy side has it: roles and a plan.
+    fn app_metadata(&self) -> String {
+        let role = ROLES[((self.random >> 44) % 3) as usize];
+        format!(
+            "{{\"roles\":[\"member\",\"{role}\"],\"plan\":\"{}\"}}",
+            self.plan()
+        )
+    }
+    fn nickname(&self) -> String {
+        format!("{}{}", self.email_name().replace('.', "_"), self.id % 1000).to_lowercase()
+    }
+    fn picture(&self) -> String {
+        format!("https://cdn.example.org/avatars/{}.png", self.id)
     }
     /// Seconds since the epoch; migrated users between 0 and 99 days after the base.
     fn created_at(&self) -> i64 {
@@ -151,8 +271,63 @@ impl User {
 }
 
 impl DataSet {
+    /// The lean shape (see the module documentation).
     pub fn new(users: u64, seed: u64) -> DataSet {
-        DataSet { users, seed }
+        DataSet {
+            users,
+            seed,
+            shape: Shape::Lean,
+        }
+    }
+
+    pub fn with_shape(self, shape: Shape) -> DataSet {
+        DataSet { shape, ..self }
+    }
+
+    /// The legacy table, named `table`.
+    pub fn create_table(&self, table: &str) -> String {
+        match self.shape {
+            Shape::Lean => create_table(table),
+            Shape::Realistic => format!(
+                "CREATE TABLE {table} (
+    id bigint PRIMARY KEY,
+    email text NOT NULL,
+    email_verified boolean,
+    name text,
+    nickname text,
+    given_name text,
+    family_name text,
+    picture text,
+    blocked boolean NOT NULL DEFAULT false,
+    metadata jsonb,
+    app_metadata jsonb,
+    updated_at timestamptz
+)"
+            ),
+        }
+    }
+
+    /// The column list for `COPY` of [`DataSet::write_legacy_copy`]'s rows.
+    pub fn copy_columns(&self) -> &'static str {
+        match self.shape {
+            Shape::Lean => COPY_COLUMNS,
+            Shape::Realistic => {
+                "(id, email, email_verified, name, nickname, given_name, family_name, picture, \
+                 blocked, metadata, app_metadata, updated_at)"
+            }
+        }
+    }
+
+    /// The mapping query for the table.
+    pub fn mapping_query(&self, table: &str) -> String {
+        match self.shape {
+            Shape::Lean => mapping_query(table),
+            Shape::Realistic => format!(
+                "SELECT id::text AS user_id, email, email_verified, name, nickname, given_name, \
+                 family_name, picture, blocked, metadata AS user_metadata, app_metadata, \
+                 updated_at FROM {table}"
+            ),
+        }
     }
 
     fn user(&self, id: u64) -> User {
@@ -170,6 +345,7 @@ impl DataSet {
             id,
             kind,
             random: random >> 7,
+            shape: self.shape,
         }
     }
 
@@ -246,21 +422,36 @@ impl DataSet {
             }
             _ => Some(user.created_at() - 10 * DAY),
         };
+        let verified = if user.verified() { "t" } else { "f" };
+        let blocked = if blocked { "t" } else { "f" };
+        let updated_at = updated_at.map_or_else(|| "\\N".to_owned(), rfc3339);
+        if self.shape == Shape::Realistic {
+            return writeln!(
+                out,
+                "{}\t{email}\t{verified}\t{name}\t{}\t{}\t{}\t{}\t{blocked}\t{}\t{}\t{updated_at}",
+                user.id,
+                user.nickname(),
+                user.given(),
+                user.family(),
+                user.picture(),
+                user.user_metadata(plan),
+                user.app_metadata(),
+            );
+        }
         writeln!(
             out,
             "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{{\"lang\": \"{}\", \"plan\": \"{}\"}}\t{}",
             user.id,
             email,
-            if user.verified() { "t" } else { "f" },
+            verified,
             name,
             user.given(),
             user.family(),
-            if blocked { "t" } else { "f" },
+            blocked,
             user.lang(),
             plan,
-            updated_at.map_or_else(|| "\\N".to_owned(), rfc3339),
-        )?;
-        Ok(())
+            updated_at,
+        )
     }
 
     /// Writes the Auth0 export as NDJSON, one line per Auth0 user, shaped like a real export.
@@ -282,6 +473,40 @@ impl DataSet {
             };
             let created = rfc3339(user.created_at());
             let login = rfc3339(user.created_at() + 5 * DAY);
+            if self.shape == Shape::Realistic {
+                let app_metadata = user.app_metadata();
+                writeln!(
+                    out,
+                    concat!(
+                        "{{\"user_id\":\"auth0|{id}\",\"email\":\"{email}\",\"email_verified\":{verified},",
+                        "\"name\":\"{name}\",\"nickname\":\"{nickname}\",\"given_name\":\"{given}\",",
+                        "\"family_name\":\"{family}\",\"picture\":\"{picture}\",",
+                        "\"created_at\":\"{created}\",\"updated_at\":\"{login}\",\"last_login\":\"{login}\",",
+                        "\"last_ip\":\"203.0.113.{ip}\",\"logins_count\":{logins},",
+                        "\"identities\":[{{\"connection\":\"{connection}\",\"provider\":\"auth0\",\"user_id\":\"{id}\",\"isSocial\":false}}],",
+                        "\"user_metadata\":{user_metadata},",
+                        "\"app_metadata\":{{{marker}{app_metadata}}}}}"
+                    ),
+                    id = user.auth0_id(),
+                    email = user.email(),
+                    verified = user.verified(),
+                    name = name,
+                    nickname = user.nickname(),
+                    given = user.given(),
+                    family = user.family(),
+                    picture = user.picture(),
+                    created = created,
+                    login = login,
+                    ip = user.random % 250,
+                    logins = 1 + user.random % 40,
+                    connection = CONNECTION,
+                    user_metadata = user.user_metadata(user.plan()),
+                    marker = marker,
+                    // The legacy object without its braces, after the marker.
+                    app_metadata = &app_metadata[1..app_metadata.len() - 1],
+                )?;
+                continue;
+            }
             writeln!(
                 out,
                 concat!(
@@ -323,9 +548,9 @@ pub async fn load_legacy(
     table: &str,
 ) -> Result<u64, tokio_postgres::Error> {
     use futures_util::SinkExt;
-    client.batch_execute(&create_table(table)).await?;
+    client.batch_execute(&set.create_table(table)).await?;
     let sink = client
-        .copy_in(&format!("COPY {table} {COPY_COLUMNS} FROM STDIN"))
+        .copy_in(&format!("COPY {table} {} FROM STDIN", set.copy_columns()))
         .await?;
     futures_util::pin_mut!(sink);
     let mut chunk = Vec::with_capacity(1 << 20);
@@ -399,5 +624,41 @@ mod tests {
         assert!((0.03..0.05).contains(&stranded_share), "{stranded_share}");
         let other = DataSet::new(20_000, 8).expected();
         assert_ne!(expected, other, "the seed changes the data");
+    }
+
+    #[test]
+    fn the_realistic_shape_is_valid_json_with_every_field_and_the_same_mix() {
+        let set = DataSet::new(2_000, 3).with_shape(Shape::Realistic);
+        let mut export = Vec::new();
+        set.write_export(&mut export).unwrap();
+        let mut users = 0;
+        for line in export.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let user: serde_json::Value = serde_json::from_slice(line).unwrap();
+            users += 1;
+            for key in [
+                "email",
+                "name",
+                "nickname",
+                "picture",
+                "given_name",
+                "family_name",
+            ] {
+                assert!(user[key].is_string(), "{key}: {user}");
+            }
+            let metadata = user["user_metadata"].as_object().unwrap();
+            assert_eq!(metadata.len(), 8, "{user}");
+            assert!(metadata["address"].is_object() && metadata["interests"].is_array());
+            assert!(user["app_metadata"]["roles"].is_array(), "{user}");
+        }
+        assert_eq!(users, set.expected().auth0_users);
+        let mut legacy = Vec::new();
+        set.write_legacy_copy(&mut legacy).unwrap();
+        let first = String::from_utf8(legacy).unwrap();
+        let row: Vec<&str> = first.lines().next().unwrap().split('\t').collect();
+        assert_eq!(row.len(), 12, "{row:?}");
+        serde_json::from_str::<serde_json::Value>(row[9]).unwrap();
+        serde_json::from_str::<serde_json::Value>(row[10]).unwrap();
+        // The same mix of statuses as the lean shape.
+        assert_eq!(set.expected(), DataSet::new(2_000, 3).expected());
     }
 }

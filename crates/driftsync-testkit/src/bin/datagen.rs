@@ -1,11 +1,12 @@
 //! Writes a deterministic data set for benchmarks and manual runs:
 //!
 //! ```text
-//! cargo run --release -p driftsync-testkit --bin datagen -- --users 100000 --seed 1 --out /tmp/ds
+//! cargo run --release -p driftsync-testkit --bin datagen -- --users 100000 --seed 1 --out /tmp/ds \
+//!     [--profile lean|realistic]
 //! ```
 //!
 //! creates `schema.sql` (the legacy table), `legacy.copy` (rows in COPY text format),
-//! `query.sql` (the mapping query), `export.json.gz` (the Auth0 export) and `expected.json`
+//! `query.sql` (the mapping query), `copy_columns.txt` (the columns of the COPY rows), `export.json.gz` (the Auth0 export) and `expected.json`
 //! (the summary a correct report-only reconcile gives).
 
 use std::fs::File;
@@ -26,20 +27,26 @@ struct Args {
     /// Output directory (created if missing).
     #[arg(long)]
     out: PathBuf,
+    /// What each profile carries: `lean` (short text fields, two metadata keys) or
+    /// `realistic` (every field, UTF-8 names, eight metadata keys with a nested object and an
+    /// array, app_metadata with roles).
+    #[arg(long, default_value = "lean")]
+    profile: datagen::Shape,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
-    let set = DataSet::new(args.users, args.seed);
+    let set = DataSet::new(args.users, args.seed).with_shape(args.profile);
     let path = |name: &str| args.out.join(name);
 
     std::fs::write(
         path("schema.sql"),
-        format!("{};\n", datagen::create_table("users")),
+        format!("{};\n", set.create_table("users")),
     )?;
-    std::fs::write(path("query.sql"), datagen::mapping_query("users"))?;
+    std::fs::write(path("query.sql"), set.mapping_query("users"))?;
+    std::fs::write(path("copy_columns.txt"), set.copy_columns())?;
 
     let mut legacy = BufWriter::new(File::create(path("legacy.copy"))?);
     set.write_legacy_copy(&mut legacy)?;
