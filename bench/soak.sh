@@ -52,7 +52,8 @@ chmod 600 "$work/soak.toml"
 echo "== daemon for $seconds s (changes every ${changes}s, full every ${full}s)"
 DRIFTSYNC_LOG=warn ./target/release/driftsync --config "$work/soak.toml" daemon 2>"$work/daemon.log" &
 daemon=$!
-trap 'kill -TERM $daemon 2>/dev/null' EXIT
+# lib.sh's cleanup (PostgreSQL, the simulator, the work directory) still runs after the daemon.
+trap 'kill -TERM $daemon 2>/dev/null; wait $daemon 2>/dev/null; cleanup' EXIT
 for _ in $(seq 50); do
     curl -fsS "http://127.0.0.1:$metrics_port/healthz" >/dev/null 2>&1 && break
     sleep 0.2
@@ -64,7 +65,7 @@ done
 kill -TERM "$daemon"
 wait "$daemon"
 code=$?
-trap - EXIT
+trap cleanup EXIT
 
 python3 - "$work/soak.json" "$changes" "$code" "$work/daemon.log" <<'PY'
 import json, sys
