@@ -26,6 +26,7 @@ use crate::model::profile::{
 use crate::model::trace::{self, KeyTrace};
 use crate::run::apply::{self, Outcome};
 use crate::run::connection::{Auth0Access, Classifying};
+use crate::run::with_store;
 use crate::sources::export::{self, ExportError};
 use crate::sources::legacy;
 use crate::state::StateStore;
@@ -96,8 +97,7 @@ pub async fn run(
         None
     };
     let stored: Option<Box<[u8]>> = match &store {
-        Some(store) => lock(store)
-            .baselines_of([legacy_id.as_str()])?
+        Some(store) => with_store(store, |store| store.baselines_of([legacy_id.as_str()]))?
             .get(&legacy_id)
             .map(|set| set.0.into()),
         None => None,
@@ -356,7 +356,9 @@ async fn push_one(
     apply::recover(client, store).await?;
     let run_id = crate::run::new_run_id();
     let now = crate::timestamp::now_rfc3339();
-    lock(store).start_run(&run_id, "explain", "push", &now)?;
+    with_store(store, |store| {
+        store.start_run(&run_id, "explain", "push", &now)
+    })?;
     let outcomes = apply::apply(
         client.clone(),
         store.clone(),
@@ -373,25 +375,23 @@ async fn push_one(
         ),
         Err(error) => {
             let now = crate::timestamp::now_rfc3339();
-            lock(store).finish_run(&run_id, "failed", &now, "")?;
+            with_store(store, |store| store.finish_run(&run_id, "failed", &now, ""))?;
             return Err(error.into());
         }
     };
     if matches!(outcome, Outcome::Applied) {
         push.record_applied();
         if let Some(set) = &push.baselines {
-            lock(store).write_baselines([(push.legacy_id.as_str(), &set[..])])?;
+            with_store(store, |store| {
+                store.write_baselines([(push.legacy_id.as_str(), &set[..])])
+            })?;
         }
     }
     let now = crate::timestamp::now_rfc3339();
-    lock(store).finish_run(&run_id, "success", &now, "")?;
+    with_store(store, |store| {
+        store.finish_run(&run_id, "success", &now, "")
+    })?;
     Ok(outcome)
-}
-
-fn lock(store: &Mutex<StateStore>) -> std::sync::MutexGuard<'_, StateStore> {
-    store
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn render(explanation: &Explanation, as_json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
