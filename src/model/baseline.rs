@@ -159,7 +159,15 @@ pub(crate) fn object(value: Option<&Value<'_>>) -> Map<String, Json> {
 /// A metadata object's first-level values, borrowed from its text (no tree is built).
 fn raw_object<'a>(value: Option<&'a Value<'_>>) -> RawObject<'a> {
     match value {
-        Some(Value::Object(text)) => serde_json::from_str(text).unwrap_or_default(),
+        Some(Value::Object(text)) => match crate::model::equality::object_members(text) {
+            Some(members) => RawObject::of(
+                members
+                    .into_iter()
+                    .map(|(key, value)| (Cow::Borrowed(key), value))
+                    .collect(),
+            ),
+            None => serde_json::from_str(text).unwrap_or_default(),
+        },
         _ => RawObject::default(),
     }
 }
@@ -168,10 +176,19 @@ fn raw_object<'a>(value: Option<&'a Value<'_>>) -> RawObject<'a> {
 /// allocation per key (unless a key has escapes). A repeated key keeps its last value, as a
 /// JSON parser building a map would.
 #[derive(Default)]
-struct RawObject<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+struct RawObject<'a>(Vec<(Cow<'a, str>, &'a str)>);
 
 impl<'a> RawObject<'a> {
-    fn get(&self, name: &str) -> Option<&'a RawValue> {
+    /// From the members in the order written.
+    fn of(mut pairs: Vec<(Cow<'a, str>, &'a str)>) -> RawObject<'a> {
+        // Last value first, so that the stable sort and dedup keep it.
+        pairs.reverse();
+        pairs.sort_by(|(a, _), (b, _)| a.cmp(b));
+        pairs.dedup_by(|(later, _), (kept, _)| later == kept);
+        RawObject(pairs)
+    }
+
+    fn get(&self, name: &str) -> Option<&'a str> {
         self.0
             .binary_search_by(|(key, _)| (**key).cmp(name))
             .ok()
@@ -198,13 +215,9 @@ impl<'de: 'a, 'a> serde::Deserialize<'de> for RawObject<'a> {
                 let mut pairs = Vec::new();
                 while let Some(crate::model::profile::Text(key)) = members.next_key()? {
                     let value: &'a RawValue = members.next_value()?;
-                    pairs.push((key, value));
+                    pairs.push((key, value.get()));
                 }
-                // Last value first, so that the stable sort and dedup keep it.
-                pairs.reverse();
-                pairs.sort_by(|(a, _), (b, _)| a.cmp(b));
-                pairs.dedup_by(|(later, _), (kept, _)| later == kept);
-                Ok(RawObject(pairs))
+                Ok(RawObject::of(pairs))
             }
         }
         deserializer.deserialize_map(Visitor(std::marker::PhantomData))
@@ -576,8 +589,8 @@ mod tests {
         let text = Value::Object(Cow::Borrowed(r#"{"b":1,"a":[2],"b":3,"c\u0041":{"x":4}}"#));
         let object = raw_object(Some(&text));
         assert_eq!(object.keys().collect::<Vec<_>>(), ["a", "b", "cA"]);
-        assert_eq!(object.get("b").map(RawValue::get), Some("3"));
-        assert_eq!(object.get("cA").map(RawValue::get), Some(r#"{"x":4}"#));
+        assert_eq!(object.get("b"), Some("3"));
+        assert_eq!(object.get("cA"), Some(r#"{"x":4}"#));
         assert!(object.get("z").is_none());
         assert!(
             raw_object(Some(&Value::Object(Cow::Borrowed("[1]"))))
@@ -733,7 +746,7 @@ mod tests {
         for text in ["1e400", r#"{"$serde_json::private::RawValue":1}"#] {
             let raw: Box<RawValue> = serde_json::from_str(text).unwrap();
             assert_eq!(
-                crate::model::equality::canonical_member(&raw).as_deref(),
+                crate::model::equality::canonical_member(raw.get()).as_deref(),
                 Some(text)
             );
         }
