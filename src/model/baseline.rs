@@ -66,27 +66,44 @@ pub fn key_values(
                     }
                 }
                 names.sort_unstable();
-                for name in names {
-                    keys.push(KeyValues {
-                        key: metadata_key_name(field, name),
-                        legacy: hash(
-                            legacy_object
-                                .get(name)
-                                .and_then(canonical_member)
-                                .as_deref(),
-                        ),
-                        auth0: hash(auth0_object.get(name).and_then(canonical_member).as_deref()),
-                    });
+                let key_names = metadata_key_names(field, &names);
+                for (name, key) in names.into_iter().zip(key_names) {
+                    let (legacy, auth0) = hashes(
+                        legacy_object
+                            .get(name)
+                            .and_then(canonical_member)
+                            .as_deref(),
+                        auth0_object.get(name).and_then(canonical_member).as_deref(),
+                    );
+                    keys.push(KeyValues { key, legacy, auth0 });
                 }
             }
-            _ => keys.push(KeyValues {
-                key: Cow::Borrowed(field.name()),
-                legacy: hash(canonical(field, legacy, auth0).as_deref()),
-                auth0: hash(canonical(field, auth0, legacy).as_deref()),
-            }),
+            _ => {
+                let (legacy_hash, auth0_hash) = hashes(
+                    canonical(field, legacy, auth0).as_deref(),
+                    canonical(field, auth0, legacy).as_deref(),
+                );
+                keys.push(KeyValues {
+                    key: Cow::Borrowed(field.name()),
+                    legacy: legacy_hash,
+                    auth0: auth0_hash,
+                });
+            }
         }
     }
     keys
+}
+
+/// Both sides' hashes, the second taken from the first when the canonical forms are the same
+/// text (most keys of most users): comparing is several times cheaper than hashing.
+fn hashes(legacy: Option<&str>, auth0: Option<&str>) -> (i64, i64) {
+    let legacy_hash = hash(legacy);
+    let auth0_hash = if auth0 == legacy {
+        legacy_hash
+    } else {
+        hash(auth0)
+    };
+    (legacy_hash, auth0_hash)
 }
 
 /// At most this many metadata key names are made once for the whole process.
@@ -108,15 +125,56 @@ struct KnownNames {
     known: NameSet,
     /// [`INTERNED`] was full when last asked: a name not known here is built.
     full: bool,
+    /// Per metadata field, the names the last object had, in order: the next user's object
+    /// usually has the same keys, found by comparing instead of hashing.
+    recent: Vec<(Field, Vec<&'static str>)>,
 }
 
 thread_local! {
     static KNOWN_NAMES: std::cell::RefCell<KnownNames> = Default::default();
 }
 
+/// The key names `field.name` of an object's sorted `names`.
+fn metadata_key_names(field: Field, names: &[&str]) -> Vec<Cow<'static, str>> {
+    KNOWN_NAMES.with_borrow_mut(|known| {
+        let slot = match known.recent.iter().position(|(of, _)| *of == field) {
+            Some(slot) => slot,
+            None => {
+                known.recent.push((field, Vec::new()));
+                known.recent.len() - 1
+            }
+        };
+        let prefix = field.name();
+        let mut keys = Vec::with_capacity(names.len());
+        for (position, name) in names.iter().enumerate() {
+            let guess = known.recent[slot].1.get(position).copied();
+            let same = guess.filter(|guess| {
+                guess.len() == prefix.len() + 1 + name.len()
+                    && guess.ends_with(name)
+                    && guess.as_bytes()[prefix.len()] == b'.'
+                    && guess.starts_with(prefix)
+            });
+            let key = match same {
+                Some(interned) => Cow::Borrowed(interned),
+                None => metadata_key_name(known, field, name),
+            };
+            if let Cow::Borrowed(interned) = key {
+                let recent = &mut known.recent[slot].1;
+                if position < recent.len() {
+                    recent[position] = interned;
+                } else {
+                    recent.push(interned);
+                }
+            }
+            keys.push(key);
+        }
+        keys
+    })
+}
+
 /// The key name `field.name`.
-fn metadata_key_name(field: Field, name: &str) -> Cow<'static, str> {
-    KNOWN_NAMES.with_borrow_mut(|names| {
+fn metadata_key_name(names: &mut KnownNames, field: Field, name: &str) -> Cow<'static, str> {
+    {
         names.scratch.clear();
         names.scratch.push_str(field.name());
         names.scratch.push('.');
@@ -144,7 +202,7 @@ fn metadata_key_name(field: Field, name: &str) -> Cow<'static, str> {
         };
         names.known.insert(found);
         Cow::Borrowed(found)
-    })
+    }
 }
 
 /// A metadata value as an object; text that does not parse counts as no keys rather than
@@ -561,6 +619,39 @@ fn unchanged(keys: &[KeyValues], stored: PackedBaselines<'_>, fields: &[Field]) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn metadata_key_name(field: Field, name: &str) -> Cow<'static, str> {
+        let mut names = metadata_key_names(field, &[name]);
+        names.remove(0)
+    }
+
+    #[test]
+    fn key_names_remembered_by_position_are_checked_not_trusted() {
+        let names = |field, names: &[&str]| -> Vec<String> {
+            metadata_key_names(field, names)
+                .into_iter()
+                .map(Cow::into_owned)
+                .collect()
+        };
+        assert_eq!(
+            names(Field::UserMetadata, &["a", "lang"]),
+            ["user_metadata.a", "user_metadata.lang"]
+        );
+        // Same positions, other keys: a suffix of the last one, another field, a longer one.
+        assert_eq!(
+            names(Field::UserMetadata, &["a", "ang", "x"]),
+            ["user_metadata.a", "user_metadata.ang", "user_metadata.x"]
+        );
+        assert_eq!(
+            names(Field::AppMetadata, &["a", "ang"]),
+            ["app_metadata.a", "app_metadata.ang"]
+        );
+        assert_eq!(names(Field::UserMetadata, &["lang"]), ["user_metadata.lang"]);
+        assert_eq!(
+            names(Field::UserMetadata, &["a", "ang", "x"]),
+            ["user_metadata.a", "user_metadata.ang", "user_metadata.x"]
+        );
+    }
 
     #[test]
     fn metadata_key_names_are_made_once_and_stay_right_past_the_limit() {

@@ -127,13 +127,15 @@ pub fn canonical_member(raw: &str) -> Option<Cow<'_, str>> {
     if is_simple(text) {
         return Some(Cow::Borrowed(text));
     }
-    let mut out = String::with_capacity(text.len());
+    let mut out = Vec::with_capacity(text.len());
     if Canon::new(text).value(&mut out).is_ok() {
-        return Some(if out == text {
-            Cow::Borrowed(text)
-        } else {
-            Cow::Owned(out)
-        });
+        if out == text.as_bytes() {
+            return Some(Cow::Borrowed(text));
+        }
+        // Pieces of the text cut at token boundaries: always UTF-8.
+        if let Ok(out) = String::from_utf8(out) {
+            return Some(Cow::Owned(out));
+        }
     }
     // A valid JSON value can still fail to become a tree (a number beyond f64, as `numeric`
     // holds; an object keyed by serde_json's private raw-value token): it is kept as written
@@ -239,10 +241,7 @@ impl<'t> Canon<'t> {
         self.expect(b'"')?;
         let start = self.at - 1;
         let rest = &self.text.as_bytes()[self.at..];
-        let end = rest
-            .iter()
-            .position(|&byte| byte == b'"' || byte == b'\\')
-            .ok_or(Fallback)?;
+        let end = memchr::memchr2(b'"', b'\\', rest).ok_or(Fallback)?;
         if rest[end] != b'"' {
             return Err(Fallback);
         }
@@ -256,10 +255,7 @@ impl<'t> Canon<'t> {
         self.at += 1;
         loop {
             let rest = bytes.get(self.at..).ok_or(Fallback)?;
-            let found = rest
-                .iter()
-                .position(|&byte| byte == b'"' || byte == b'\\')
-                .ok_or(Fallback)?;
+            let found = memchr::memchr2(b'"', b'\\', rest).ok_or(Fallback)?;
             self.at += found + 1;
             if rest[found] == b'"' {
                 return Ok(());
@@ -307,20 +303,20 @@ impl<'t> Canon<'t> {
         }
     }
 
-    fn value(&mut self, out: &mut String) -> Result<(), Fallback> {
+    fn value(&mut self, out: &mut Vec<u8>) -> Result<(), Fallback> {
         match self.peek()? {
-            b'"' => out.push_str(self.string()?),
+            b'"' => out.extend_from_slice(self.string()?.as_bytes()),
             b'{' => self.object(out)?,
             b'[' => {
                 self.at += 1;
-                out.push('[');
+                out.push(b'[');
                 if self.peek()? == b']' {
                     self.at += 1;
                 } else {
                     loop {
                         self.value(out)?;
                         match self.peek()? {
-                            b',' => out.push(','),
+                            b',' => out.push(b','),
                             b']' => break,
                             _ => return Err(Fallback),
                         }
@@ -328,7 +324,7 @@ impl<'t> Canon<'t> {
                     }
                     self.at += 1;
                 }
-                out.push(']');
+                out.push(b']');
             }
             b't' | b'f' | b'n' => {
                 let word = ["true", "false", "null"]
@@ -336,7 +332,7 @@ impl<'t> Canon<'t> {
                     .find(|word| self.text[self.at..].starts_with(word))
                     .ok_or(Fallback)?;
                 self.at += word.len();
-                out.push_str(word);
+                out.extend_from_slice(word.as_bytes());
             }
             _ => {
                 let rest = &self.text.as_bytes()[self.at..];
@@ -349,11 +345,13 @@ impl<'t> Canon<'t> {
                 let number = &self.text[self.at..self.at + len];
                 self.at += len;
                 if is_plain_integer(number) {
-                    out.push_str(number);
+                    out.extend_from_slice(number.as_bytes());
                 } else {
                     let number: serde_json::Number =
                         serde_json::from_str(number).map_err(|_| Fallback)?;
-                    write_number(&number, out);
+                    let mut written = String::new();
+                    write_number(&number, &mut written);
+                    out.extend_from_slice(written.as_bytes());
                 }
             }
         }
@@ -361,7 +359,7 @@ impl<'t> Canon<'t> {
     }
 
     /// Members are written in the order they come, then put in key order.
-    fn object(&mut self, out: &mut String) -> Result<(), Fallback> {
+    fn object(&mut self, out: &mut Vec<u8>) -> Result<(), Fallback> {
         self.expect(b'{')?;
         let mark = out.len();
         // (key with its quotes, where its canonical value starts and ends in `out`)
@@ -395,17 +393,19 @@ impl<'t> Canon<'t> {
         members.reverse();
         members.sort_by(|a, b| key(a).cmp(key(b)));
         members.dedup_by(|later, kept| key(later) == key(kept));
-        let values = out.split_off(mark);
-        out.push('{');
+        // The members in key order after the values as written, which then go.
+        let written = out.len();
+        out.push(b'{');
         for (index, &(text, start, end)) in members.iter().enumerate() {
             if index > 0 {
-                out.push(',');
+                out.push(b',');
             }
-            out.push_str(text);
-            out.push(':');
-            out.push_str(&values[start - mark..end - mark]);
+            out.extend_from_slice(text.as_bytes());
+            out.push(b':');
+            out.extend_from_within(start..end);
         }
-        out.push('}');
+        out.push(b'}');
+        out.drain(mark..written);
         Ok(())
     }
 }
@@ -627,7 +627,7 @@ mod tests {
                 expected,
                 "{text}"
             );
-            if Canon::new(text.trim()).value(&mut String::new()).is_ok() {
+            if Canon::new(text.trim()).value(&mut Vec::new()).is_ok() {
                 written_without_a_tree += 1;
             }
         }
