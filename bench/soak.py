@@ -61,7 +61,7 @@ def main():
     pid, metrics, legacy, base = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
     seconds, period = float(sys.argv[5]), float(sys.argv[6])
     stop = time.monotonic() + seconds
-    latencies, samples, edits, last = [], [], [], [""]
+    latencies, samples, edits, edit_times, last = [], [], [], [], [""]
     failures = []
 
     def scrape():
@@ -104,6 +104,7 @@ def main():
                     break
                 time.sleep(0.25)
             edits.append(seen)
+            edit_times.append(time.time() - (time.monotonic() - committed))
             edit += 1
             time.sleep(max(0.0, 2 * period - (time.monotonic() - committed)))
     for thread in threads:
@@ -123,6 +124,7 @@ def main():
         "scrapes": len(latencies),
         "scrape_ms": {"p50": percentile(0.50), "p99": percentile(0.99), "max": percentile(1.0)},
         "edits": edits,
+        "edit_times": edit_times,
         "runs": runs,
         "failures": failures[:10],
     }))

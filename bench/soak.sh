@@ -50,7 +50,7 @@ TOML
 chmod 600 "$work/soak.toml"
 
 echo "== daemon for $seconds s (changes every ${changes}s, full every ${full}s)"
-DRIFTSYNC_LOG=warn ./target/release/driftsync --config "$work/soak.toml" daemon 2>"$work/daemon.log" &
+DRIFTSYNC_LOG=${SOAK_LOG:-warn} ./target/release/driftsync --config "$work/soak.toml" daemon 2>"$work/daemon.log" &
 daemon=$!
 # lib.sh's cleanup (PostgreSQL, the simulator, the work directory) still runs after the daemon.
 trap 'kill -TERM $daemon 2>/dev/null; wait $daemon 2>/dev/null; cleanup' EXIT

@@ -225,5 +225,33 @@ async fn the_changes_schedule_catches_a_legacy_edit_without_an_export_job() {
         jobs_before,
         "no export job for a changes run"
     );
+
+    // The edited row stays inside the overlap window, so the next changes runs read it again;
+    // it now equals what both sides agreed on, and Auth0 is not asked for it again.
+    let profile_requests = |tenant: &Tenant| {
+        tenant
+            .sim
+            .stats()
+            .by_endpoint
+            .get("GET /api/v2/users/{id}")
+            .copied()
+            .unwrap_or(0)
+    };
+    let changes_runs = "driftsync_runs_total{kind=\"changes\",outcome=\"success\"}";
+    let runs = daemon.wait_for(changes_runs, 1.0).await[changes_runs];
+    let requests = profile_requests(&tenant);
+    assert!(requests >= 1, "the pushing run asked for the profile");
+    daemon.wait_for(changes_runs, runs + 3.0).await;
+    assert_eq!(
+        profile_requests(&tenant),
+        requests,
+        "a pushed row read again asks Auth0 nothing:\n{}",
+        daemon.log_text()
+    );
+    assert!(
+        daemon.log_text().contains("unchanged_since_agreed=1"),
+        "{}",
+        daemon.log_text()
+    );
     assert_eq!(daemon.stop().await.0, Some(0));
 }

@@ -59,21 +59,26 @@ pub fn key_values(
             Kind::Object => {
                 let legacy_object = raw_object(legacy.get(field));
                 let auth0_object = raw_object(auth0.get(field));
-                let mut names: Vec<&str> = legacy_object.keys().collect();
-                for &(extra_field, name) in extra_metadata_keys {
-                    if extra_field == field && !names.contains(&name) {
-                        names.push(name);
-                    }
-                }
-                names.sort_unstable();
+                let mut extra: Vec<&str> = extra_metadata_keys
+                    .iter()
+                    .filter(|&&(extra_field, _)| extra_field == field)
+                    .map(|&(_, name)| name)
+                    .collect();
+                extra.sort_unstable();
+                let names = sorted_union(legacy_object.keys(), &extra);
                 let key_names = metadata_key_names(field, &names);
+                // Every list is sorted: one cursor per object, each moving forward only.
+                let (mut at_legacy, mut at_auth0) = (0, 0);
                 for (name, key) in names.into_iter().zip(key_names) {
                     let (legacy, auth0) = hashes(
                         legacy_object
-                            .get(name)
+                            .seek(&mut at_legacy, name)
                             .and_then(canonical_member)
                             .as_deref(),
-                        auth0_object.get(name).and_then(canonical_member).as_deref(),
+                        auth0_object
+                            .seek(&mut at_auth0, name)
+                            .and_then(canonical_member)
+                            .as_deref(),
                     );
                     keys.push(KeyValues { key, legacy, auth0 });
                 }
@@ -92,6 +97,59 @@ pub fn key_values(
         }
     }
     keys
+}
+
+/// The metadata keys a stored set remembers, for [`key_values`]' `extra_metadata_keys`.
+pub fn remembered_metadata_keys<'s>(stored: &PackedBaselines<'s>) -> Vec<(Field, &'s str)> {
+    stored
+        .iter()
+        .filter_map(|(key, _)| match key {
+            StoredKey::Metadata(field, name) => Some((field, name)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Whether a legacy record still holds, key for key, what its stored set says both sides last
+/// agreed on, for a user the set says Auth0 holds in its own store (`Seen::Migrated`). Then the
+/// legacy side has changed nothing since, and whatever Auth0 holds now, there is nothing to
+/// push: a changes run need not spend a Management API request on the user (a full run still
+/// compares it). A key without a baseline, a cached or unknown profile, or a name that might be
+/// a default generated from Auth0's email (judged here against the legacy email only, so it
+/// can only differ) all answer no.
+pub fn legacy_unchanged(
+    fields: &[Field],
+    legacy: &Profile<'_>,
+    stored: PackedBaselines<'_>,
+) -> bool {
+    if stored.seen() != Some(Seen::Migrated) {
+        return false;
+    }
+    let remembered = remembered_metadata_keys(&stored);
+    key_values(fields, legacy, legacy, &remembered)
+        .iter()
+        .all(|key| match stored.find(&key.key) {
+            Some(agreed) => agreed == key.legacy,
+            // A metadata key absent from legacy and from the set: absent on both sides before.
+            None => key.legacy == no_value() && key.key.contains('.'),
+        })
+}
+
+/// The names of both sorted lists, sorted, each once.
+fn sorted_union<'n>(first: impl Iterator<Item = &'n str>, second: &[&'n str]) -> Vec<&'n str> {
+    let mut names: Vec<&str> = Vec::with_capacity(second.len() + 8);
+    let mut second = second.iter().copied().peekable();
+    for name in first {
+        while let Some(other) = second.next_if(|&other| other <= name) {
+            if other != name {
+                names.push(other);
+            }
+        }
+        names.push(name);
+    }
+    names.extend(second);
+    names.dedup();
+    names
 }
 
 /// Both sides' hashes, the second taken from the first when the canonical forms are the same
@@ -246,6 +304,20 @@ impl<'a> RawObject<'a> {
         RawObject(pairs)
     }
 
+    /// The value of `name`, looking from `*from` on for names asked in sorted order; `*from`
+    /// is left at the first member not before `name`.
+    fn seek(&self, from: &mut usize, name: &str) -> Option<&'a str> {
+        while let Some((key, value)) = self.0.get(*from) {
+            match (**key).cmp(name) {
+                std::cmp::Ordering::Less => *from += 1,
+                std::cmp::Ordering::Equal => return Some(value),
+                std::cmp::Ordering::Greater => return None,
+            }
+        }
+        None
+    }
+
+    #[cfg(test)]
     fn get(&self, name: &str) -> Option<&'a str> {
         self.0
             .binary_search_by(|(key, _)| (**key).cmp(name))
@@ -626,6 +698,25 @@ mod tests {
     }
 
     #[test]
+    fn names_of_both_lists_come_sorted_once_and_values_are_found_in_one_walk() {
+        let first = ["a", "c", "e"];
+        assert_eq!(
+            sorted_union(first.into_iter(), &["b", "c", "c", "f"]),
+            ["a", "b", "c", "e", "f"]
+        );
+        assert_eq!(sorted_union(first.into_iter(), &[]), first);
+        assert_eq!(sorted_union([].into_iter(), &["x", "x"]), ["x"]);
+        let text = Value::Object(Cow::Borrowed(r#"{"e":5,"a":1,"c":3}"#));
+        let object = raw_object(Some(&text));
+        let mut at = 0;
+        let found: Vec<_> = ["a", "b", "c", "d", "e", "f"]
+            .into_iter()
+            .map(|name| object.seek(&mut at, name))
+            .collect();
+        assert_eq!(found, [Some("1"), None, Some("3"), None, Some("5"), None]);
+    }
+
+    #[test]
     fn key_names_remembered_by_position_are_checked_not_trusted() {
         let names = |field, names: &[&str]| -> Vec<String> {
             metadata_key_names(field, names)
@@ -646,7 +737,10 @@ mod tests {
             names(Field::AppMetadata, &["a", "ang"]),
             ["app_metadata.a", "app_metadata.ang"]
         );
-        assert_eq!(names(Field::UserMetadata, &["lang"]), ["user_metadata.lang"]);
+        assert_eq!(
+            names(Field::UserMetadata, &["lang"]),
+            ["user_metadata.lang"]
+        );
         assert_eq!(
             names(Field::UserMetadata, &["a", "ang", "x"]),
             ["user_metadata.a", "user_metadata.ang", "user_metadata.x"]
@@ -743,6 +837,56 @@ mod tests {
         assert_eq!(PackedBaselines(&old).find("email"), Some(1));
     }
     use crate::model::profile::fixtures::{profile, text};
+
+    #[test]
+    fn a_legacy_record_is_unchanged_only_when_every_key_equals_its_agreed_baseline() {
+        let fields = [Field::Email, Field::Name, Field::UserMetadata];
+        let metadata = |json: &'static str| Value::Object(Cow::Borrowed(json));
+        let agreed = profile(&[
+            (Field::Email, text("pat@example.org")),
+            (Field::Name, text("Pat")),
+            (Field::UserMetadata, metadata(r#"{"lang":"de","n":1}"#)),
+        ]);
+        let keys = key_values(&fields, &agreed, &agreed, &[]);
+        let set = next_set(&keys, PackedBaselines(&[]), &fields, Seen::Migrated).unwrap();
+        let unchanged = |legacy: &Profile<'_>, set: &[u8]| {
+            legacy_unchanged(&fields, legacy, PackedBaselines(set))
+        };
+        // The same values, written otherwise (case of the email, spaces and key order).
+        let respelled = profile(&[
+            (Field::Email, text("Pat@Example.org")),
+            (Field::Name, text("Pat")),
+            (Field::UserMetadata, metadata(r#"{"n": 1.0, "lang": "de"}"#)),
+        ]);
+        assert!(unchanged(&respelled, &set));
+        let renamed = profile(&[
+            (Field::Email, text("pat@example.org")),
+            (Field::Name, text("Patricia")),
+            (Field::UserMetadata, metadata(r#"{"lang":"de","n":1}"#)),
+        ]);
+        assert!(!unchanged(&renamed, &set));
+        let key_removed = profile(&[
+            (Field::Email, text("pat@example.org")),
+            (Field::Name, text("Pat")),
+            (Field::UserMetadata, metadata(r#"{"lang":"de"}"#)),
+        ]);
+        assert!(!unchanged(&key_removed, &set));
+        let key_added = profile(&[
+            (Field::Email, text("pat@example.org")),
+            (Field::Name, text("Pat")),
+            (
+                Field::UserMetadata,
+                metadata(r#"{"lang":"de","n":1,"new":true}"#),
+            ),
+        ]);
+        assert!(!unchanged(&key_added, &set));
+        // Only for a user Auth0 holds in its own store, and only with a baseline for each key.
+        let cached = next_set(&keys, PackedBaselines(&[]), &fields, Seen::Cached).unwrap();
+        assert!(!unchanged(&agreed, &cached));
+        let email_only = pack(Seen::Migrated, &[("email".to_owned(), keys[0].legacy)]);
+        assert!(!unchanged(&agreed, &email_only));
+        assert!(!unchanged(&agreed, &[]));
+    }
 
     #[test]
     fn equal_values_have_equal_canonical_forms() {

@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value as Json};
 
-use crate::model::baseline::{self, Change, KeyValues, PackedBaselines, StoredKey};
+use crate::model::baseline::{self, Change, KeyValues, PackedBaselines};
 use crate::model::profile::Auth0User;
 use crate::model::profile::{Field, Kind, LegacyView, Profile, Value};
 
@@ -191,13 +191,7 @@ pub fn classify(
         (None, None) => return Verdict::plain(Status::NotMigrated),
     };
     let fields = rules.fields;
-    let remembered: Vec<(Field, &str)> = baseline
-        .iter()
-        .filter_map(|(key, _)| match key {
-            StoredKey::Metadata(field, name) => Some((field, name)),
-            _ => None,
-        })
-        .collect();
+    let remembered = baseline::remembered_metadata_keys(&baseline);
     let keys = baseline::key_values(fields, &legacy.profile, &auth0.profile, &remembered);
     let differing: Vec<usize> = (0..keys.len()).filter(|&i| keys[i].differs()).collect();
     if differing.is_empty() {
