@@ -5,7 +5,8 @@
 While the daemon runs its full and changes schedules, for SECONDS:
 - scrapes METRICS_URL 20 times a second and times each scrape;
 - samples the daemon's resident memory and open file descriptors every second;
-- every CHANGES_PERIOD * 2 seconds renames one legacy user (a committed UPDATE with a fresh
+- once the daemon's first full run is done (the warm-up), every CHANGES_PERIOD * 2 seconds
+  renames one legacy user (a committed UPDATE with a fresh
   `updated_at`) and polls the simulator's Management API until Auth0 shows the new name, which
   times how long the edit took to be pushed.
 Prints one JSON object: RSS and fd samples, scrape latency percentiles, edit delays, and the
@@ -84,6 +85,10 @@ def main():
     for thread in threads:
         thread.start()
     bearer = token(base)
+    # Warm-up: edits start once the first full run is done (it sets the watermark, and pushes
+    # what was stranded when the daemon started, at the tenant's rate limit).
+    while time.monotonic() < stop and 'driftsync_runs_total{kind="full",outcome="success"}' not in last[0]:
+        time.sleep(0.2)
     with psycopg.connect(legacy, autocommit=True) as db:
         # Users in sync: an edit of theirs is a change only the legacy side made.
         rows = db.execute("SELECT id, name FROM users ORDER BY id LIMIT 5000").fetchall()

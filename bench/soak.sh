@@ -8,8 +8,9 @@
 # serving the export), starts `driftsync daemon` with pushing on, a changes run every
 # SOAK_CHANGES seconds and a full run (users-export job) every SOAK_FULL seconds, and runs
 # bench/soak.py for SOAK_SECONDS: /metrics scraped 20 times a second, RSS and open file
-# descriptors sampled every second, and a legacy user renamed every two changes periods, timed
-# until Auth0 shows the new name. Prints RSS and descriptors over time, the scrape latency
+# descriptors sampled every second, and, after the first full run, a legacy user renamed every
+# two changes periods, timed until Auth0 shows the new name. SOAK_LOG sets the daemon's log
+# filter (default warn; the log is kept with BENCH_KEEP=1). Prints RSS and descriptors over time, the scrape latency
 # percentiles, the edits' delays, the runs by outcome, and each target met or not:
 #   RSS after warm-up (the first minute) grows by at most 5 MB; descriptors at rest flat; every run
 #   succeeds; scrape p99 at most 50 ms; every edit pushed within one changes period (plus the
