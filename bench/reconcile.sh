@@ -29,6 +29,8 @@ seed=${2:-1}
 runs=${BENCH_RUNS:-3}
 [[ $runs =~ ^[1-9][0-9]*$ ]] || { echo "bench: BENCH_RUNS must be a positive whole number, not '$runs'" >&2; exit 2; }
 
+echo "command: BENCH_PROFILE=${BENCH_PROFILE:-realistic} BENCH_RUNS=$runs BENCH_EXPORT=${BENCH_EXPORT:-1} BENCH_PEER=${BENCH_PEER:-1} bench/reconcile.sh $users $seed"
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 profile=${BENCH_PROFILE:-realistic}
 [[ $profile == lean || $profile == realistic ]] || { echo "bench: BENCH_PROFILE must be lean or realistic, not '$profile'" >&2; exit 2; }
 echo "== generating $users users (seed $seed, $profile profiles)"
@@ -127,4 +129,18 @@ if peer_wall:
     print(f"peer:   python peak RSS      {peer_peak / 1024:.1f} MiB")
 else:
     print("peer:   skipped (BENCH_PEER=0)")
+# The targets of issue 17 (realistic profiles, 1,000,000 users; the 10,000,000 one at that size).
+mb = 1024 / 1e6
+targets = [
+    (f"first run wall at most 1.4 x the larger floor: {wall / floor:.2f} x", wall / floor <= 1.4),
+    (f"first run peak RSS at most 200 MB: {peak * mb:.0f} MB", peak * mb <= 200),
+    (f"second run at most 1.2 x the first: {wall2 / wall:.2f} x", wall2 / wall <= 1.2),
+]
+if peer_wall:
+    targets.append((f"at least 12 x faster than the peer: {peer_wall / wall:.1f} x", peer_wall / wall >= 12))
+if users >= 10_000_000:
+    targets.append((f"second run peak RSS at most 2.5 GB: {peak2 * mb / 1000:.2f} GB", peak2 * mb <= 2500))
+print("targets (issue 17, stated for the realistic profiles):")
+for text, ok in targets:
+    print(f"  {'met    ' if ok else 'NOT MET'}  {text}")
 PY
