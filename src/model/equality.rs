@@ -118,7 +118,8 @@ pub fn canonical<'p>(
 /// value. Written straight from the text ([`Canon`]): no tree, and no copy at all when the text
 /// is already canonical (strings without escapes, booleans, short integers, compact objects with
 /// sorted keys). A text the writer leaves to serde_json (escapes, numbers it cannot take as
-/// written) goes through [`canonical_json`]; the two agree (tests below, and the fuzz target).
+/// written) goes through [`canonical_json`]; the two agree (the random-JSON tests below; the
+/// classify fuzz target reaches both).
 pub fn canonical_member(raw: &str) -> Option<Cow<'_, str>> {
     let text = raw.trim();
     if text == "null" {
