@@ -133,9 +133,10 @@ else:
 mb = 1024 / 1e6
 targets = [
     (f"first run wall at most 1.4 x the larger floor: {wall / floor:.2f} x", wall / floor <= 1.4),
-    (f"first run peak RSS at most 200 MB: {peak * mb:.0f} MB", peak * mb <= 200),
     (f"second run at most 1.2 x the first: {wall2 / wall:.2f} x", wall2 / wall <= 1.2),
 ]
+if users == 1_000_000:
+    targets.append((f"first run peak RSS at most 200 MB (at 1,000,000 users): {peak * mb:.0f} MB", peak * mb <= 200))
 if peer_wall:
     targets.append((f"at least 12 x faster than the peer: {peer_wall / wall:.1f} x", peer_wall / wall >= 12))
 if users >= 10_000_000:
