@@ -166,10 +166,10 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Hands what the run freed back to the kernel. glibc keeps freed memory in the arena of the
-/// thread that used it, and a full run's worker threads come and go, each drawing from one of
-/// several arenas: without this the daemon's resident memory ratchets up run after run to the
-/// largest footprint each arena has seen (`bench/soak.sh` measures it).
+/// Hands what the run freed back to the kernel. glibc keeps memory freed by a run's threads in
+/// their arenas for reuse; after a full run of a large tenant that is a large part of its peak,
+/// held until the next run. Over a thousand small runs (`bench/soak.sh`) it made no measurable
+/// difference either way.
 fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim takes and returns plain integers and only gives free pages back to
