@@ -42,6 +42,12 @@ impl KeyValues {
     pub fn differs(&self) -> bool {
         self.legacy != self.auth0
     }
+
+    /// A metadata key the legacy object does not have: it needs no baseline (absent on both
+    /// sides, nothing to remember; a stored one is forgotten).
+    fn is_absent_metadata_key(&self) -> bool {
+        self.legacy == no_value() && self.key.contains('.')
+    }
 }
 
 /// The canonical values of every key of `fields`: root fields, and for metadata the first-level
@@ -131,7 +137,7 @@ pub fn legacy_unchanged(
         .all(|key| match stored.find(&key.key) {
             Some(agreed) => agreed == key.legacy,
             // A metadata key absent from legacy and from the set: absent on both sides before.
-            None => key.legacy == no_value() && key.key.contains('.'),
+            None => key.is_absent_metadata_key(),
         })
 }
 
@@ -628,10 +634,9 @@ pub fn next_set(
         // A user's first set (every user in a first run): the agreeing keys, packed straight
         // from the keys; a metadata key absent on both sides needs no baseline. Written even
         // with no agreeing key: the set is the evidence that the user was matched.
-        let agreed = keys.iter().filter(|key| {
-            let absent_metadata_key = key.legacy == no_value() && key.key.contains('.');
-            key.legacy == key.auth0 && !absent_metadata_key
-        });
+        let agreed = keys
+            .iter()
+            .filter(|key| key.legacy == key.auth0 && !key.is_absent_metadata_key());
         return Some(pack_pairs(seen, agreed.map(|key| (&*key.key, key.legacy))));
     }
     if stored.seen() == Some(seen) && unchanged(keys, stored, fields) {
@@ -645,7 +650,7 @@ pub fn next_set(
     let mut entries = before.clone();
     for key in keys.iter().filter(|key| !key.differs()) {
         let position = entries.iter().position(|(name, _)| *name == key.key);
-        if key.legacy == no_value() && key.key.contains('.') {
+        if key.is_absent_metadata_key() {
             // A metadata key absent on both sides needs no baseline.
             if let Some(position) = position {
                 entries.swap_remove(position);
@@ -673,7 +678,7 @@ pub fn next_set(
 fn unchanged(keys: &[KeyValues], stored: PackedBaselines<'_>, fields: &[Field]) -> bool {
     let agreed_match = keys.iter().filter(|key| !key.differs()).all(|key| {
         let found = stored.find(&key.key);
-        if key.legacy == no_value() && key.key.contains('.') {
+        if key.is_absent_metadata_key() {
             found.is_none()
         } else {
             found == Some(key.legacy)
